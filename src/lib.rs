@@ -1,0 +1,40 @@
+//! servelens: a gateway for LLM inference that times every token.
+//!
+//! OpenAI clients talk to the gateway; the gateway forwards their requests, byte for byte, to
+//! pools of vLLM / SGLang / TGI / llama.cpp / Ollama backends, streams the responses back
+//! unchanged and immediately, and measures every request from the SSE stream as it passes.
+//!
+//! ```text
+//! client ──► parse ──► route ──► forward ──► tap ──► client
+//!             │          │                    │
+//!             │          │                    └─► record: TTFB, TTFT, ITLs, tokens, outcome ─► metrics, JSONL log
+//!             │          └─ pool ─► replica (round robin / least outstanding)
+//!             └─ model, stream, stream_options borrowed from the body bytes
+//! ```
+//!
+//! # Layout
+//! - [`proxy`]: the request path, one module per step ([`proxy::request`], [`proxy::route`],
+//!   [`proxy::forward`], [`proxy::tap`]), sequenced only in [`proxy::Gateway::handle`];
+//! - [`sse`]: the incremental SSE decoder the tap feeds (pure, no IO);
+//! - [`openai`]: the wire vocabulary shared by gateway, mock and bench (endpoints, error bodies,
+//!   reading response chunks);
+//! - [`telemetry`]: the timeline of a response, the record it becomes, metrics and the JSONL log;
+//! - [`config`]: typed TOML configuration; [`error`]: request-path errors and their statuses;
+//! - [`server`]: the accept loop; [`admin`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`gateway`]: `servelens serve` as a library call; [`demo`]: `servelens demo`;
+//! - [`replay`]: a backend replaying recorded streams on a schedule (tests, demo).
+//!
+//! `src/main.rs` is a thin clap front; everything runs in-process from the library, which is
+//! how the tests drive it on `127.0.0.1:0` with paused time.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod gateway;
+pub mod openai;
+pub mod proxy;
+pub mod replay;
+pub mod server;
+pub mod sse;
+pub mod telemetry;

@@ -1,0 +1,118 @@
+//! The one body change the gateway makes: asking the backend for `stream_options.include_usage`.
+//!
+//! Exact token counts only come from the backend's `usage`, which streams carry only when the
+//! client asked. With `usage.inject = true` (the default) the gateway splices
+//! `"include_usage":true` into the request bytes (no re-serialisation: everything else stays
+//! byte-identical) and the tap withholds the resulting usage-only event from the client, so the
+//! client still receives exactly what it asked for.
+//!
+//! It does not inject when the client already decided (`include_usage` present, true or false),
+//! when it asked for `continuous_usage_stats` (vLLM would then add usage to *every* chunk the
+//! client sees), or when `stream_options` is something other than an object.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::openai::Endpoint;
+use crate::proxy::request::InferenceRequest;
+
+const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
+const MEMBER: &[u8] = br#""include_usage":true"#;
+
+/// The body with `include_usage` spliced in, or `None` when nothing should change.
+pub fn inject_include_usage(body: &Bytes, req: &InferenceRequest<'_>) -> Option<Bytes> {
+    let eligible = req.stream
+        && matches!(
+            req.endpoint,
+            Endpoint::ChatCompletions | Endpoint::Completions
+        )
+        && req.include_usage.is_none()
+        && req.continuous_usage != Some(true);
+    if !eligible {
+        return None;
+    }
+    match req.stream_options {
+        None => {
+            let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
+            (body[open] == b'{').then(|| splice(body, open + 1, FIELD))
+        }
+        Some(raw) => {
+            let text = raw.get();
+            if !text.starts_with('{') {
+                return None;
+            }
+            // `raw` borrows from `body`, so its offset locates the object in the bytes.
+            let start = (text.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+            if start + text.len() > body.len() {
+                return None;
+            }
+            let inner_empty = text[1..text.len() - 1].trim().is_empty();
+            let member: Vec<u8> = if inner_empty {
+                MEMBER.to_vec()
+            } else {
+                [MEMBER, b","].concat()
+            };
+            Some(splice(body, start + 1, &member))
+        }
+    }
+}
+
+fn splice(body: &[u8], at: usize, insert: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + insert.len());
+    out.extend_from_slice(&body[..at]);
+    out.extend_from_slice(insert);
+    out.extend_from_slice(&body[at..]);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inject(body: &str) -> Option<String> {
+        let bytes = Bytes::copy_from_slice(body.as_bytes());
+        let req = InferenceRequest::parse(Endpoint::ChatCompletions, &bytes).expect("valid");
+        inject_include_usage(&bytes, &req).map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    fn options(body: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(body).expect("still valid JSON");
+        v["stream_options"].clone()
+    }
+
+    #[test]
+    fn inserts_stream_options_when_absent() {
+        let out = inject(r#" {"model":"m","stream":true}"#).expect("injected");
+        assert_eq!(
+            out,
+            r#" {"stream_options":{"include_usage":true},"model":"m","stream":true}"#
+        );
+    }
+
+    #[test]
+    fn adds_the_member_to_existing_options() {
+        let out =
+            inject(r#"{"model":"m","stream":true,"stream_options":{"x":1}}"#).expect("injected");
+        assert_eq!(options(&out)["include_usage"], true);
+        assert_eq!(options(&out)["x"], 1);
+        let out = inject(r#"{"model":"m","stream":true,"stream_options":{ }}"#).expect("injected");
+        assert_eq!(options(&out)["include_usage"], true);
+    }
+
+    #[test]
+    fn leaves_explicit_choices_alone() {
+        assert!(
+            inject(r#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#)
+                .is_none()
+        );
+        assert!(
+            inject(r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#)
+                .is_none()
+        );
+        assert!(inject(
+            r#"{"model":"m","stream":true,"stream_options":{"continuous_usage_stats":true}}"#
+        )
+        .is_none());
+        assert!(inject(r#"{"model":"m","stream":true,"stream_options":null}"#).is_none());
+        assert!(inject(r#"{"model":"m","stream":false}"#).is_none());
+    }
+}
