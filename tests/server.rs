@@ -61,7 +61,7 @@ async fn shutdown_lets_an_inflight_stream_finish() {
     })
     .await
     .expect("backend");
-    let mut gw = TestGateway::start(config_for(&[backend.url()])).await;
+    let gw = TestGateway::start(config_for(&[backend.url()])).await;
     let url = gw.url("/v1/chat/completions");
     let response = post_stream(&url, r#"{"model":"m","stream":true}"#).await;
     let admin = gw.running.admin_url();
