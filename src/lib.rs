@@ -32,6 +32,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod gateway;
+pub mod mock;
 pub mod openai;
 pub mod proxy;
 pub mod replay;

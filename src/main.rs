@@ -24,6 +24,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run the whole story on this machine: a backend, the gateway, a few requests, a table.
     Demo(DemoArgs),
+    /// Run a simulated vLLM or SGLang backend (exact wire formats, latency model, prefix cache).
+    Mock(servelens::mock::cli::MockArgs),
 }
 
 #[derive(Args)]
@@ -72,6 +74,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Mock(args) => Ok(servelens::mock::cli::run(args, shutdown_signal()).await?),
             Command::Demo(args) => {
                 let mut stdout = std::io::stdout();
                 servelens::demo::run(args.requests, &mut stdout).await?;

@@ -167,38 +167,7 @@ async fn metrics_after_known_traffic() {
         );
     }
     assert!(!page.contains("SECRET"), "no client text in labels");
-    lint_with_promtool(&page);
-}
-
-/// `promtool check metrics` when Prometheus' tools are installed (CI installs them).
-fn lint_with_promtool(page: &str) {
-    use std::io::Write;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let Ok(mut child) = child else {
-        if std::env::var_os("SERVELENS_REQUIRE_TOOLS").is_some() {
-            panic!("promtool is required (SERVELENS_REQUIRE_TOOLS is set) but not installed");
-        }
-        eprintln!("SKIPPED promtool lint: promtool not installed (apt-get install prometheus)");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(page.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("promtool ran");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::lint_with_promtool(&page);
 }
 
 #[tokio::test]

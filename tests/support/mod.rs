@@ -138,3 +138,47 @@ pub fn metric(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+/// `promtool check metrics` when Prometheus' tools are installed (CI installs them).
+pub fn lint_with_promtool(page: &str) {
+    lint_with_promtool_allowing(page, &[]);
+}
+
+/// `promtool check metrics`, accepting lint findings that contain one of `allowed` (the page
+/// must still parse: a parse error is never allowed).
+pub fn lint_with_promtool_allowing(page: &str, allowed: &[&str]) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        if std::env::var_os("SERVELENS_REQUIRE_TOOLS").is_some() {
+            panic!("promtool is required (SERVELENS_REQUIRE_TOOLS is set) but not installed");
+        }
+        eprintln!("SKIPPED promtool lint: promtool not installed (apt-get install prometheus)");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(page.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool ran");
+    let findings =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let only_allowed = out.status.code() == Some(3)
+        && findings
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .all(|l| allowed.iter().any(|a| l.contains(a)));
+    assert!(
+        out.status.success() || only_allowed,
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
