@@ -753,3 +753,44 @@ async fn metric_help_and_types_match_the_captured_pages() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn multi_token_steps_and_deterministic_text() {
+    let server = mock(MockFramework::Vllm, |c| {
+        c.latency.tokens_per_step = 3;
+        c.output.min = 10;
+        c.output.max = 10;
+    })
+    .await;
+    let url = format!("{}/v1/chat/completions", server.url());
+    let body = chat(
+        VLLM_MODEL,
+        r#","stream":true,"stream_options":{"include_usage":true}"#,
+    );
+    let (_, _, first) = post(&url, body.clone()).await;
+    let (_, _, second) = post(&url, body).await;
+    let content = |bytes: &Bytes| -> (String, usize, u64) {
+        let mut text = String::new();
+        let mut chunks = 0;
+        let mut tokens = 0;
+        for event in String::from_utf8_lossy(bytes).split_terminator("\n\n") {
+            let Some(payload) = event.strip_prefix("data: ").filter(|p| *p != "[DONE]") else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(payload).expect("json");
+            if let Some(piece) = v["choices"][0]["delta"]["content"].as_str() {
+                text.push_str(piece);
+                chunks += usize::from(v["choices"][0]["delta"].get("role").is_none());
+            }
+            tokens = v["usage"]["completion_tokens"].as_u64().unwrap_or(tokens);
+        }
+        (text, chunks, tokens)
+    };
+    let (text1, chunks, tokens) = content(&first);
+    let (text2, _, _) = content(&second);
+    assert_eq!(text1, text2, "same request, same seed: same text");
+    assert!(!text1.is_empty());
+    assert_eq!(tokens, 10);
+    // 1 token at prefill, then steps of 3: 1 + 3 + 3 + 3 = 10 tokens in 4 chunks.
+    assert_eq!(chunks, 4);
+}
