@@ -1,5 +1,5 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up) and
-//! `/readyz` (a route has a backend to send to). Kept off the proxy port so it can stay private.
+//! `/readyz` (some pool has an eligible backend). Kept off the proxy port so it can stay private.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,13 +37,13 @@ impl AdminService {
                 let snapshot = self.0.snapshot();
                 let ready = snapshot
                     .table
-                    .routes()
-                    .iter()
-                    .any(|r| !r.pool.backends.is_empty());
+                    .pools()
+                    .values()
+                    .any(|pool| pool.backends.iter().any(|b| b.eligible()));
                 if ready {
                     text(StatusCode::OK, "ready\n")
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "no backends\n")
+                    text(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n")
                 }
             }
             _ => text(

@@ -65,9 +65,12 @@ pub struct GatewayConfig {
     /// Named pools of backends.
     #[serde(default)]
     pub pools: BTreeMap<String, PoolConfig>,
-    /// `model` → pool, first match wins; `model = "*"` catches every other model.
+    /// `model` → pool or experiment; `model = "*"` catches every other model.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// A/B experiments by name.
+    #[serde(default)]
+    pub experiments: BTreeMap<String, ExperimentConfig>,
 }
 
 /// Listeners and request limits.
@@ -255,21 +258,164 @@ impl Framework {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
-    /// The replica with the fewest requests in flight (ties rotate).
+    /// Consistent hash of the prompt prefix with bounded loads: requests sharing a prefix go to
+    /// the same replica (prefix-cache hits) unless it is over `load_factor` × the mean load.
     #[default]
+    PrefixHash,
+    /// The replica with the fewest requests in flight (plus its scraped queue), ties rotate.
     LeastOutstanding,
+    /// The less loaded of two random replicas.
+    PowerOfTwo,
     /// Each replica in turn.
     RoundRobin,
+    /// A uniformly random replica.
+    Random,
+    /// Sticky by session key (the `session_header`, else the body's `user`) on the ring.
+    Session,
 }
 
 impl Policy {
     /// The label / config spelling.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::PrefixHash => "prefix_hash",
             Self::LeastOutstanding => "least_outstanding",
+            Self::PowerOfTwo => "power_of_two",
             Self::RoundRobin => "round_robin",
+            Self::Random => "random",
+            Self::Session => "session",
         }
     }
+}
+
+/// Active health probes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Probe at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Path probed with GET (default per framework: `/health`; Ollama `/`; `openai` `/v1/models`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Time between probes of one backend.
+    #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// A probe slower than this failed.
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failed probes that mark a backend down.
+    #[serde(default = "three")]
+    pub unhealthy_threshold: u32,
+    /// Consecutive good probes that mark it up again.
+    #[serde(default = "two")]
+    pub healthy_threshold: u32,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn two() -> u32 {
+    2
+}
+fn three() -> u32 {
+    3
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: None,
+            interval: default_probe_interval(),
+            timeout: default_probe_timeout(),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+        }
+    }
+}
+
+/// Passive ejection of a backend after consecutive request failures.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EjectionConfig {
+    /// Consecutive failures (connect errors, resets, timeouts, 502/503/504) that eject.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// First ejection time; each further ejection doubles it.
+    #[serde(default = "default_ejection_base", with = "humantime_serde")]
+    pub base: Duration,
+    /// Longest ejection.
+    #[serde(default = "default_ejection_max", with = "humantime_serde")]
+    pub max: Duration,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_ejection_base() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_ejection_max() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for EjectionConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive_failures(),
+            base: default_ejection_base(),
+            max: default_ejection_max(),
+        }
+    }
+}
+
+/// Retries before the first response byte reached the client.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Extra attempts after the first (connect error, 5xx, 429), each on the next replica.
+    #[serde(default = "two")]
+    pub attempts: u32,
+    /// Retries allowed as a fraction of requests (a token bucket), so retries cannot multiply
+    /// load during an outage.
+    #[serde(default = "default_budget_ratio")]
+    pub budget_ratio: f64,
+    /// Retries always allowed in a burst, whatever the ratio.
+    #[serde(default = "default_budget_burst")]
+    pub budget_burst: u32,
+}
+
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_burst() -> u32 {
+    10
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            budget_ratio: default_budget_ratio(),
+            budget_burst: default_budget_burst(),
+        }
+    }
+}
+
+/// How a pool's backend list is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    /// The URLs as written.
+    #[default]
+    Static,
+    /// Each URL's host is re-resolved periodically; every address is a replica (a Kubernetes
+    /// headless Service).
+    Dns,
 }
 
 /// A named set of replicas of one framework.
@@ -294,6 +440,88 @@ pub struct PoolConfig {
     /// Idle keep-alive connections kept per replica.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_backend: usize,
+    /// `prefix_hash`: bytes of prompt text in the routing key.
+    #[serde(default = "default_prefix_chars")]
+    pub prefix_chars: usize,
+    /// `prefix_hash` / `session`: a replica above `load_factor` × the mean in-flight load is
+    /// skipped (bounded loads). At least 1.
+    #[serde(default = "default_load_factor")]
+    pub load_factor: f64,
+    /// Points per replica on the hash ring.
+    #[serde(default = "default_vnodes")]
+    pub vnodes: usize,
+    /// `session`: the header carrying the session key (else the body's `user`).
+    #[serde(default = "default_session_header")]
+    pub session_header: String,
+    /// Active health probes.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Passive ejection.
+    #[serde(default)]
+    pub ejection: EjectionConfig,
+    /// Retries before streaming starts.
+    #[serde(default)]
+    pub retries: RetryConfig,
+    /// Read each backend's `/metrics` this often (vLLM/SGLang names) for queue length, KV usage
+    /// and prefix-cache hit ratio. Unset: every 5 s for vllm/sglang pools, never otherwise.
+    #[serde(default, with = "humantime_serde")]
+    pub scrape_interval: Option<Duration>,
+    /// Static URLs or DNS re-resolution.
+    #[serde(default)]
+    pub discovery: Discovery,
+    /// How often `discovery = "dns"` re-resolves.
+    #[serde(default = "default_dns_interval", with = "humantime_serde")]
+    pub dns_interval: Duration,
+}
+
+fn default_prefix_chars() -> usize {
+    1024
+}
+fn default_load_factor() -> f64 {
+    1.25
+}
+fn default_vnodes() -> usize {
+    160
+}
+fn default_session_header() -> String {
+    "x-session-id".to_string()
+}
+fn default_dns_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl PoolConfig {
+    /// A pool of `backends` with every other setting at its default.
+    pub fn new(framework: Framework, backends: Vec<BackendSpec>) -> Self {
+        Self {
+            framework,
+            backends,
+            policy: Policy::default(),
+            api_key: None,
+            timeouts: TimeoutOverrides::default(),
+            max_idle_per_backend: default_max_idle(),
+            prefix_chars: default_prefix_chars(),
+            load_factor: default_load_factor(),
+            vnodes: default_vnodes(),
+            session_header: default_session_header(),
+            health: HealthConfig::default(),
+            ejection: EjectionConfig::default(),
+            retries: RetryConfig::default(),
+            scrape_interval: None,
+            discovery: Discovery::default(),
+            dns_interval: default_dns_interval(),
+        }
+    }
+
+    /// The effective metrics scrape interval.
+    pub fn scrape_every(&self) -> Option<Duration> {
+        match (self.scrape_interval, self.framework) {
+            (Some(d), _) if d.is_zero() => None,
+            (Some(d), _) => Some(d),
+            (None, Framework::Vllm | Framework::Sglang) => Some(Duration::from_secs(5)),
+            (None, _) => None,
+        }
+    }
 }
 
 fn default_framework() -> Framework {
@@ -370,14 +598,66 @@ impl BackendSpec {
     }
 }
 
-/// `model` → pool.
+/// `model` → pool or experiment.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The request's `model`, exactly; `"*"` matches any model no other route names.
     pub model: String,
-    /// The pool serving it.
+    /// The pool serving it (exactly one of `pool` and `experiment`).
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// The experiment splitting it between pools.
+    #[serde(default)]
+    pub experiment: Option<String>,
+    /// Also send a fraction of requests to a shadow pool (response timed and discarded).
+    #[serde(default)]
+    pub mirror: Option<MirrorConfig>,
+}
+
+impl RouteConfig {
+    /// A route of `model` to `pool`.
+    pub fn to_pool(model: &str, pool: &str) -> Self {
+        Self {
+            model: model.to_string(),
+            pool: Some(pool.to_string()),
+            experiment: None,
+            mirror: None,
+        }
+    }
+}
+
+/// Shadow traffic.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// The shadow pool.
     pub pool: String,
+    /// Fraction of requests mirrored, 0 to 1 (chosen by request id, so deterministic).
+    pub fraction: f64,
+}
+
+/// An A/B experiment: arms with weights, each arm a pool; assignment sticky per key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Header carrying the sticky key; else the body's `user`; else the request id.
+    #[serde(default = "default_session_header")]
+    pub sticky_header: String,
+    /// The arms.
+    pub arms: Vec<ArmConfig>,
+}
+
+/// One arm of an experiment.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmConfig {
+    /// The `arm` label.
+    pub name: String,
+    /// The pool serving this arm.
+    pub pool: String,
+    /// Relative weight.
+    pub weight: f64,
 }
 
 /// The route that matches every model not named by another route.
@@ -439,23 +719,17 @@ impl GatewayConfig {
             self.log.requests = Some(path);
         }
         if !overrides.upstreams.is_empty() {
-            let pool = PoolConfig {
-                framework: overrides.framework.unwrap_or(Framework::Openai),
-                backends: overrides
+            let pool = PoolConfig::new(
+                overrides.framework.unwrap_or(Framework::Openai),
+                overrides
                     .upstreams
                     .into_iter()
                     .map(BackendSpec::Url)
                     .collect(),
-                policy: Policy::default(),
-                api_key: None,
-                timeouts: TimeoutOverrides::default(),
-                max_idle_per_backend: default_max_idle(),
-            };
+            );
             self.pools = BTreeMap::from([("default".to_string(), pool)]);
-            self.routes = vec![RouteConfig {
-                model: ANY_MODEL.to_string(),
-                pool: "default".to_string(),
-            }];
+            self.experiments.clear();
+            self.routes = vec![RouteConfig::to_pool(ANY_MODEL, "default")];
         } else if let Some(framework) = overrides.framework {
             for pool in self.pools.values_mut() {
                 pool.framework = framework;
@@ -498,6 +772,95 @@ impl GatewayConfig {
                 seen.push(addr.name);
             }
         }
+        for (name, pool) in &self.pools {
+            let field = format!("pools.{name}");
+            if pool.backends.len() > crate::routing::ring::MAX_REPLICAS {
+                return Err(ConfigError::invalid(
+                    format!("{field}.backends"),
+                    format!(
+                        "at most {} replicas per pool",
+                        crate::routing::ring::MAX_REPLICAS
+                    ),
+                ));
+            }
+            if !(pool.load_factor >= 1.0 && pool.load_factor.is_finite()) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.load_factor"),
+                    "must be a number >= 1",
+                ));
+            }
+            if pool.prefix_chars == 0 {
+                return Err(ConfigError::invalid(
+                    format!("{field}.prefix_chars"),
+                    "must be > 0",
+                ));
+            }
+            if pool.vnodes == 0 || pool.vnodes > 10_000 {
+                return Err(ConfigError::invalid(
+                    format!("{field}.vnodes"),
+                    "must be 1..=10000",
+                ));
+            }
+            if !(0.0..=100.0).contains(&pool.retries.budget_ratio) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.retries.budget_ratio"),
+                    "must be 0..=100",
+                ));
+            }
+            if http::HeaderName::from_bytes(pool.session_header.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(
+                    format!("{field}.session_header"),
+                    "not a header name",
+                ));
+            }
+            if pool.health.interval.is_zero() || pool.health.timeout.is_zero() {
+                return Err(ConfigError::invalid(
+                    format!("{field}.health"),
+                    "interval and timeout must be > 0",
+                ));
+            }
+        }
+        for (name, experiment) in &self.experiments {
+            let field = format!("experiments.{name}");
+            check_label(&field, name)?;
+            if experiment.arms.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{field}.arms"),
+                    "needs at least one arm",
+                ));
+            }
+            if http::HeaderName::from_bytes(experiment.sticky_header.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(
+                    format!("{field}.sticky_header"),
+                    "not a header name",
+                ));
+            }
+            let mut names = Vec::new();
+            for (i, arm) in experiment.arms.iter().enumerate() {
+                let arm_field = format!("{field}.arms[{i}]");
+                check_label(&format!("{arm_field}.name"), &arm.name)?;
+                if names.contains(&&arm.name) {
+                    return Err(ConfigError::invalid(
+                        format!("{arm_field}.name"),
+                        format!("duplicate arm `{}`", arm.name),
+                    ));
+                }
+                names.push(&arm.name);
+                self.check_pool_ref(&format!("{arm_field}.pool"), &arm.pool)?;
+                if !(arm.weight >= 0.0 && arm.weight.is_finite()) {
+                    return Err(ConfigError::invalid(
+                        format!("{arm_field}.weight"),
+                        "must be a number >= 0",
+                    ));
+                }
+            }
+            if experiment.arms.iter().all(|a| a.weight == 0.0) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.arms"),
+                    "all weights are 0",
+                ));
+            }
+        }
         let mut models = Vec::new();
         for (i, route) in self.routes.iter().enumerate() {
             let field = format!("routes[{i}]");
@@ -511,18 +874,50 @@ impl GatewayConfig {
                 ));
             }
             models.push(&route.model);
-            if !self.pools.contains_key(&route.pool) {
-                return Err(ConfigError::invalid(
-                    format!("{field}.pool"),
-                    format!(
-                        "no pool named `{}` (pools: {})",
-                        route.pool,
-                        self.pools.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                ));
+            match (&route.pool, &route.experiment) {
+                (Some(pool), None) => self.check_pool_ref(&format!("{field}.pool"), pool)?,
+                (None, Some(experiment)) => {
+                    if !self.experiments.contains_key(experiment) {
+                        return Err(ConfigError::invalid(
+                            format!("{field}.experiment"),
+                            format!("no experiment named `{experiment}`"),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(ConfigError::invalid(
+                        field,
+                        "give exactly one of `pool` and `experiment`",
+                    ))
+                }
+            }
+            if let Some(mirror) = &route.mirror {
+                self.check_pool_ref(&format!("{field}.mirror.pool"), &mirror.pool)?;
+                if !(0.0..=1.0).contains(&mirror.fraction) {
+                    return Err(ConfigError::invalid(
+                        format!("{field}.mirror.fraction"),
+                        "must be 0..=1",
+                    ));
+                }
             }
         }
         Ok(())
+    }
+}
+
+impl GatewayConfig {
+    fn check_pool_ref(&self, field: &str, pool: &str) -> Result<(), ConfigError> {
+        if self.pools.contains_key(pool) {
+            Ok(())
+        } else {
+            Err(ConfigError::invalid(
+                field,
+                format!(
+                    "no pool named `{pool}` (pools: {})",
+                    self.pools.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ))
+        }
     }
 }
 
@@ -586,7 +981,8 @@ mod tests {
         assert_eq!(config.server.admin, "127.0.0.1:9464".parse().expect("addr"));
         assert_eq!(config.timeouts.connect, Duration::from_secs(5));
         assert!(config.usage.inject);
-        assert_eq!(config.pools["a"].policy, Policy::LeastOutstanding);
+        assert_eq!(config.pools["a"].policy, Policy::PrefixHash);
+        assert_eq!(config.pools["a"].load_factor, 1.25);
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod mock;
 pub mod openai;
 pub mod proxy;
 pub mod replay;
+pub mod routing;
 pub mod server;
 pub mod sse;
 pub mod telemetry;

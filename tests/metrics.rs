@@ -149,12 +149,20 @@ async fn metrics_after_known_traffic() {
         1.0
     );
     assert_eq!(m("servelens_build_info", &[]), 1.0);
+    // Three requests with a prompt hash to their replica; `messages: []` has no key.
     assert_eq!(
         m(
             "servelens_route_decisions_total",
-            &[("pool", "a"), ("decision", "least_outstanding")]
+            &[("pool", "a"), ("decision", "affinity")]
         ),
-        4.0
+        3.0
+    );
+    assert_eq!(
+        m(
+            "servelens_route_decisions_total",
+            &[("pool", "a"), ("decision", "fallback")]
+        ),
+        1.0
     );
     for name in [
         "servelens_time_to_first_token_seconds",

@@ -15,17 +15,19 @@
 pub mod forward;
 pub mod headers;
 pub mod models;
+pub mod pool;
 pub mod request;
 pub mod route;
 pub mod tap;
 pub mod usage;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -35,12 +37,15 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::config::{ConfigError, GatewayConfig};
-use crate::error::GatewayError;
+use crate::config::{BackendAddr, ConfigError, GatewayConfig};
+use crate::error::{ErrorKind, GatewayError};
 use crate::openai::Endpoint;
+use crate::proxy::forward::Upstream;
+use crate::proxy::pool::{BackendRegistry, InflightGuard, Pool};
 use crate::proxy::request::InferenceRequest;
 use crate::proxy::route::RoutingTable;
 use crate::proxy::tap::{RecordContext, TapBody, TapError};
+use crate::routing::ring::ReplicaSet;
 use crate::telemetry::{Measurements, Outcome, RequestLabels, RequestRecord, Telemetry};
 
 /// Everything derived from one config generation; swapped whole on reload.
@@ -52,17 +57,8 @@ pub struct Snapshot {
     pub max_request_bytes: u64,
     /// `usage.inject`.
     pub inject_usage: bool,
-}
-
-impl Snapshot {
-    /// Builds a snapshot from a config.
-    pub fn build(config: &GatewayConfig, telemetry: &Telemetry) -> Result<Self, ConfigError> {
-        Ok(Self {
-            table: RoutingTable::build(config, &telemetry.metrics)?,
-            max_request_bytes: config.server.max_request_bytes,
-            inject_usage: config.usage.inject,
-        })
-    }
+    /// The config it was built from (DNS refreshes rebuild from it).
+    pub config: Arc<GatewayConfig>,
 }
 
 /// The gateway: routing state plus the telemetry sinks.
@@ -70,6 +66,9 @@ impl Snapshot {
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     telemetry: Arc<Telemetry>,
+    registry: BackendRegistry,
+    /// Current addresses of pools with DNS discovery.
+    resolved: Mutex<HashMap<String, Vec<BackendAddr>>>,
     /// Unix time of start (`created` of model cards).
     started: u64,
 }
@@ -114,7 +113,7 @@ impl Body for ProxyBody {
     }
 }
 
-/// What is known of a request when it fails before a response exists.
+/// What is known of a request while it is being routed (for its record if it fails).
 struct Attempt {
     arrived: Instant,
     ts: SystemTime,
@@ -123,16 +122,33 @@ struct Attempt {
     model: Option<String>,
 }
 
+impl Attempt {
+    fn request_id(&self) -> String {
+        self.request_id.to_str().unwrap_or_default().to_string()
+    }
+}
+
+/// The request after parsing and routing, ready to be sent.
+struct Routed {
+    pool: Arc<Pool>,
+    key: Option<u64>,
+    upstream: Upstream,
+    usage_injected: bool,
+}
+
 impl Gateway {
     /// A gateway serving `config`.
     pub fn new(config: &GatewayConfig, telemetry: Arc<Telemetry>) -> Result<Self, ConfigError> {
-        let snapshot = Snapshot::build(config, &telemetry)?;
+        let registry = BackendRegistry::new();
+        let snapshot = build_snapshot(config, &HashMap::new(), &registry, &telemetry)?;
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Ok(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             telemetry,
+            registry,
+            resolved: Mutex::new(HashMap::new()),
             started,
         })
     }
@@ -147,11 +163,35 @@ impl Gateway {
         self.snapshot.load_full()
     }
 
-    /// Swaps in a new config generation; requests in flight finish on the old one.
+    /// Validates `config`, builds a new routing table and swaps it in; requests in flight
+    /// finish on the old one. On error the old table stays.
     pub fn reload(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
-        let snapshot = Snapshot::build(config, &self.telemetry)?;
+        let resolved = self
+            .resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let snapshot = build_snapshot(config, &resolved, &self.registry, &self.telemetry)?;
         self.snapshot.store(Arc::new(snapshot));
         Ok(())
+    }
+
+    /// Replaces the resolved addresses of DNS-discovered pools and rebuilds the table if they
+    /// changed.
+    pub fn set_resolved(
+        &self,
+        resolved: HashMap<String, Vec<BackendAddr>>,
+    ) -> Result<bool, ConfigError> {
+        {
+            let mut current = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+            if *current == resolved {
+                return Ok(false);
+            }
+            *current = resolved;
+        }
+        let config = self.snapshot().config.clone();
+        self.reload(&config)?;
+        Ok(true)
     }
 
     /// Serves one request. Never fails: errors become OpenAI-shaped responses.
@@ -195,54 +235,230 @@ impl Gateway {
         let body = read_body(body, snapshot.max_request_bytes).await?;
 
         // parse → route
-        let inference = InferenceRequest::parse(endpoint, &body)?;
-        attempt.labels.stream = inference.stream;
-        let route = snapshot.table.route(&inference)?;
-        attempt.model = inference.model().map(str::to_owned);
-        attempt.labels.route = route.name.clone();
-        attempt.labels.pool = route.pool.name.clone();
-        attempt.labels.framework = Some(route.pool.framework);
-        let guard = route.pool.pick()?;
-        attempt.labels.backend = guard.backend().name.clone();
-        let injected = if snapshot.inject_usage {
-            usage::inject_include_usage(&body, &inference)
-        } else {
-            None
-        };
-        drop(inference);
+        let routed = self.route(&snapshot, parts, body, attempt)?;
 
-        // forward
-        let pool = &route.pool;
-        let head_timeout = pool.timeouts.first_byte.min(pool.timeouts.total);
-        let upstream_body = injected.clone().unwrap_or(body);
-        let response = forward::send(
-            pool,
-            guard.backend(),
-            parts,
-            upstream_body,
-            &attempt.request_id,
-            head_timeout,
-        )
-        .await?;
+        // forward (with retries before any byte reaches the client)
+        let (response, guard) = self.forward(&routed, attempt).await?;
 
         // tap → record → out
         let (mut head, body) = response.into_parts();
         let sse = is_event_stream(&head.headers);
-        let withhold = injected.is_some() && sse;
+        let withhold = routed.usage_injected && sse;
         headers::prepare_response(&mut head.headers, &attempt.request_id, withhold);
         let record = RecordContext {
             telemetry: self.telemetry.clone(),
             labels: attempt.labels.clone(),
-            request_id: attempt.request_id.to_str().unwrap_or_default().to_string(),
+            request_id: attempt.request_id(),
             model: attempt.model.take(),
             ts: attempt.ts,
             status: head.status.as_u16(),
             usage_injected: withhold,
             mirrored: false,
             guard: Some(guard),
+            ejection: routed.pool.ejection,
         };
-        let tap = TapBody::new(body, record, attempt.arrived, pool.timeouts, sse, withhold);
+        let tap = TapBody::new(
+            body,
+            record,
+            attempt.arrived,
+            routed.pool.timeouts,
+            sse,
+            withhold,
+        );
         Ok(Response::from_parts(head, ProxyBody::Tap(Box::new(tap))))
+    }
+
+    /// Parses the body, chooses route, arm and pool, computes the routing key, prepares the
+    /// upstream request and starts the mirror copy if the route mirrors this request.
+    fn route(
+        &self,
+        snapshot: &Snapshot,
+        parts: http::request::Parts,
+        body: Bytes,
+        attempt: &mut Attempt,
+    ) -> Result<Routed, GatewayError> {
+        let inference = InferenceRequest::parse(attempt.labels.endpoint, &body)?;
+        attempt.labels.stream = inference.stream;
+        let choice =
+            snapshot
+                .table
+                .choose(&inference, &parts.headers, attempt.request_id.as_bytes())?;
+        attempt.model = inference.model().map(str::to_owned);
+        attempt.labels.route = choice.route.name.clone();
+        attempt.labels.pool = choice.pool.name.clone();
+        attempt.labels.arm = choice.arm.clone();
+        attempt.labels.framework = Some(choice.pool.framework);
+        let key = choice.pool.routing_key(&inference, &parts.headers);
+        let injected = if snapshot.inject_usage {
+            usage::inject_include_usage(&body, &inference)
+        } else {
+            None
+        };
+        let mirror = choice
+            .route
+            .mirror
+            .as_ref()
+            .filter(|m| m.selects(attempt.request_id.as_bytes()))
+            .map(|m| {
+                (
+                    m.pool.clone(),
+                    m.pool.routing_key(&inference, &parts.headers),
+                )
+            });
+        let pool = choice.pool.clone();
+        drop(inference);
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let usage_injected = injected.is_some();
+        let upstream = Upstream::new(
+            parts.method,
+            path,
+            parts.headers,
+            injected.unwrap_or(body),
+            &attempt.request_id,
+        );
+        if let Some((shadow, shadow_key)) = mirror {
+            self.mirror(
+                shadow,
+                shadow_key,
+                upstream.clone(),
+                attempt,
+                usage_injected,
+            );
+        }
+        Ok(Routed {
+            pool,
+            key,
+            upstream,
+            usage_injected,
+        })
+    }
+
+    /// Sends to the chosen replica; on a connect error, 5xx or 429 before any byte has reached
+    /// the client, tries the next replica (bounded by `retries.attempts` and the budget).
+    async fn forward(
+        &self,
+        routed: &Routed,
+        attempt: &mut Attempt,
+    ) -> Result<(Response<Incoming>, InflightGuard), GatewayError> {
+        let pool = &routed.pool;
+        pool.budget.deposit();
+        let mut tried = ReplicaSet::new();
+        let mut retries = 0;
+        loop {
+            let picked = pool.pick(routed.key, &tried)?;
+            tried.insert(picked.index);
+            let backend = picked.guard.backend().clone();
+            attempt.labels.backend = backend.name.clone();
+            let timeout = head_timeout(pool, attempt.arrived);
+            let result = forward::send(pool, &backend, &routed.upstream, timeout).await;
+            let retryable = match &result {
+                Ok(response) => {
+                    let status = response.status();
+                    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+                }
+                Err(e) => matches!(
+                    e.kind(),
+                    ErrorKind::BackendConnect | ErrorKind::BackendFailed
+                ),
+            };
+            let failed_backend = match &result {
+                Ok(response) => matches!(response.status().as_u16(), 502..=504),
+                Err(_) => true,
+            };
+            if failed_backend {
+                backend.record_failure(&pool.ejection);
+            }
+            let may_retry = retryable
+                && retries < pool.retries.attempts
+                && tried.len() < pool.backends.len()
+                && pool.budget.try_withdraw();
+            if may_retry {
+                retries += 1;
+                pool.count_retry();
+                tracing::debug!(backend = %backend.name, retries, "retrying on another replica");
+                continue;
+            }
+            return result.map(|response| (response, picked.guard));
+        }
+    }
+
+    /// Sends a shadow copy to `pool`, reads and times the whole response, records it with
+    /// `mirrored = true`. Runs on its own task: it never reaches or slows the client.
+    fn mirror(
+        &self,
+        pool: Arc<Pool>,
+        key: Option<u64>,
+        upstream: Upstream,
+        attempt: &Attempt,
+        usage_injected: bool,
+    ) {
+        let telemetry = self.telemetry.clone();
+        let mut labels = attempt.labels.clone();
+        labels.pool = pool.name.clone();
+        labels.framework = Some(pool.framework);
+        let (request_id, model, ts, arrived) = (
+            attempt.request_id(),
+            attempt.model.clone(),
+            attempt.ts,
+            attempt.arrived,
+        );
+        tokio::spawn(async move {
+            let Ok(picked) = pool.pick(key, &ReplicaSet::new()) else {
+                return;
+            };
+            let backend = picked.guard.backend().clone();
+            labels.backend = backend.name.clone();
+            let timeout = head_timeout(&pool, arrived);
+            let response = match forward::send(&pool, &backend, &upstream, timeout).await {
+                Ok(response) => response,
+                Err(err) => {
+                    telemetry.record(RequestRecord {
+                        ts,
+                        request_id,
+                        model,
+                        labels,
+                        status: err.status().as_u16(),
+                        outcome: if err.kind() == ErrorKind::Timeout {
+                            Outcome::Timeout
+                        } else {
+                            Outcome::UpstreamError
+                        },
+                        error: Some(err.kind()),
+                        usage_injected: false,
+                        mirrored: true,
+                        measurements: Measurements {
+                            e2e: arrived.elapsed(),
+                            ..Measurements::default()
+                        },
+                    });
+                    return;
+                }
+            };
+            let (head, body) = response.into_parts();
+            let sse = is_event_stream(&head.headers);
+            let record = RecordContext {
+                telemetry,
+                labels,
+                request_id,
+                model,
+                ts,
+                status: head.status.as_u16(),
+                usage_injected: usage_injected && sse,
+                mirrored: true,
+                guard: Some(picked.guard),
+                ejection: pool.ejection,
+            };
+            let mut tap = TapBody::new(body, record, arrived, pool.timeouts, sse, false);
+            while let Some(frame) = tap.frame().await {
+                if frame.is_err() {
+                    break;
+                }
+            }
+        });
     }
 
     /// Turns a pre-response failure into its OpenAI-shaped response, and records it.
@@ -251,7 +467,7 @@ impl Gateway {
         let status = err.status();
         let outcome = match kind {
             k if k.is_rejection() => Outcome::Rejected,
-            crate::error::ErrorKind::Timeout => Outcome::Timeout,
+            ErrorKind::Timeout => Outcome::Timeout,
             _ => Outcome::UpstreamError,
         };
         if status.is_server_error() {
@@ -259,9 +475,10 @@ impl Gateway {
         } else {
             tracing::debug!(request_id = ?attempt.request_id, error = %err, "request refused");
         }
+        let request_id = attempt.request_id();
         self.telemetry.record(RequestRecord {
             ts: attempt.ts,
-            request_id: attempt.request_id.to_str().unwrap_or_default().to_string(),
+            request_id,
             model: attempt.model,
             labels: attempt.labels,
             status: status.as_u16(),
@@ -276,6 +493,29 @@ impl Gateway {
         });
         json_response(status, err.body(), &attempt.request_id)
     }
+}
+
+fn build_snapshot(
+    config: &GatewayConfig,
+    resolved: &HashMap<String, Vec<BackendAddr>>,
+    registry: &BackendRegistry,
+    telemetry: &Telemetry,
+) -> Result<Snapshot, ConfigError> {
+    Ok(Snapshot {
+        table: RoutingTable::build(config, resolved, registry, &telemetry.metrics)?,
+        max_request_bytes: config.server.max_request_bytes,
+        inject_usage: config.usage.inject,
+        config: Arc::new(config.clone()),
+    })
+}
+
+/// The time left for a response head: `first_byte`, within what remains of `total`.
+fn head_timeout(pool: &Pool, arrived: Instant) -> Duration {
+    let left = pool.timeouts.total.saturating_sub(arrived.elapsed());
+    pool.timeouts
+        .first_byte
+        .min(left)
+        .max(Duration::from_millis(1))
 }
 
 /// Which endpoint a method + path is, or the 404/405 error.

@@ -12,7 +12,8 @@ use http::{Request, Uri};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
-use crate::proxy::route::{Pool, RoutingTable};
+use crate::proxy::pool::Pool;
+use crate::proxy::route::{RoutingTable, Target};
 
 /// How long to wait for a backend's own model list.
 const BACKEND_LIST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,7 +26,14 @@ pub async fn list(table: &RoutingTable, created: u64) -> Bytes {
     let mut data = Vec::new();
     for route in table.routes() {
         if &*route.name == crate::config::ANY_MODEL {
-            for card in backend_cards(&route.pool).await {
+            let pool = match &route.target {
+                Target::Pool(pool) => pool,
+                Target::Experiment(e) => match e.arms.first() {
+                    Some(arm) => &arm.pool,
+                    None => continue,
+                },
+            };
+            for card in backend_cards(pool).await {
                 let id = card.get("id").and_then(Value::as_str).map(str::to_owned);
                 if let Some(id) = id {
                     if seen.insert(id) {
@@ -38,7 +46,7 @@ pub async fn list(table: &RoutingTable, created: u64) -> Bytes {
                 "id": &*route.name,
                 "object": "model",
                 "created": created,
-                "owned_by": route.pool.framework.as_str(),
+                "owned_by": "servelens",
             }));
         }
     }

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 
 use crate::error::GatewayError;
 use crate::openai::Endpoint;
+use crate::routing::prefix::PromptSource;
 
 /// What routing and measuring need from one request body.
 #[derive(Debug)]
@@ -27,6 +28,10 @@ pub struct InferenceRequest<'a> {
     pub include_usage: Option<bool>,
     /// `stream_options.continuous_usage_stats` as the client set it.
     pub continuous_usage: Option<bool>,
+    /// Where the prompt text is (for the prefix routing key).
+    pub prompt: PromptSource<'a>,
+    /// The body's `user` (a sticky key for sessions and experiments).
+    pub user: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -38,6 +43,16 @@ struct BodyView<'a> {
     /// Present even when `null` (a plain `Option` would fold `null` into "absent").
     #[serde(default, borrow, deserialize_with = "present")]
     stream_options: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    messages: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    prompt: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    input_ids: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "borrowed_str")]
+    user: Option<Cow<'a, str>>,
 }
 
 /// A string borrowed from the input when it has no escapes (serde's `Option<Cow>` always copies).
@@ -104,6 +119,13 @@ impl<'a> InferenceRequest<'a> {
             stream_options: view.stream_options,
             include_usage: options.as_ref().and_then(|o| o.include_usage),
             continuous_usage: options.as_ref().and_then(|o| o.continuous_usage_stats),
+            prompt: PromptSource {
+                messages: view.messages,
+                prompt: view.prompt,
+                text: view.text,
+                input_ids: view.input_ids,
+            },
+            user: view.user,
         })
     }
 

@@ -1,132 +1,123 @@
-//! Step 2, *route*: the routing table (model → route → pool) and replica choice inside a pool.
+//! Step 2, *route*: model → route → (experiment arm) → pool. Replica choice inside the pool is
+//! [`Pool::pick`](crate::proxy::pool::Pool::pick).
 //!
-//! A [`RoutingTable`] is everything derived from the config that the request path reads: routes,
-//! pools, their backends and their pooled upstream clients. It is immutable once built and is
-//! swapped whole on reload, so the request path never locks. Replica state that must outlive a
-//! reload (in-flight counts) lives in [`Backend`], shared by `Arc`.
-//!
-//! Policies here: `least_outstanding` (fewest in flight; ties rotate) and `round_robin`.
-//! Prefix-affine and experiment routing plug in at [`Pool::pick`] and [`RoutingTable::route`].
+//! A [`RoutingTable`] is everything derived from one config generation that the request path
+//! reads: routes, experiments, mirrors and pools. It is immutable once built and swapped whole
+//! on reload, so the request path never locks; replica state that must outlive a reload lives
+//! in the [`BackendRegistry`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::HeaderValue;
-use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use metrics::{Counter, Gauge};
+use http::{HeaderMap, HeaderName};
+use metrics::Counter;
 
-use crate::config::{ConfigError, Framework, GatewayConfig, Policy, Timeouts, ANY_MODEL};
+use crate::config::{BackendAddr, ConfigError, Framework, GatewayConfig, ANY_MODEL};
 use crate::error::GatewayError;
 use crate::openai::Endpoint;
+use crate::proxy::pool::{BackendRegistry, Pool};
 use crate::proxy::request::InferenceRequest;
+use crate::routing::split::{self, Arm};
 use crate::telemetry::Metrics;
 
-/// The pooled keep-alive HTTP client of one pool.
-pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
-
-/// One replica.
+/// An A/B experiment.
 #[derive(Debug)]
-pub struct Backend {
-    /// Configured name (the `backend` label).
+pub struct Experiment {
+    /// Its name (part of the assignment hash).
     pub name: Arc<str>,
-    /// `http://host:port[/prefix]`; request paths are appended.
-    pub base: String,
-    /// Requests in flight through this gateway.
-    inflight: AtomicU64,
-    /// `servelens_inflight_requests` for this backend.
-    inflight_gauge: Gauge,
+    /// The sticky key header.
+    pub sticky_header: HeaderName,
+    /// The arms.
+    pub arms: Vec<ExperimentArm>,
 }
 
-impl Backend {
-    /// Requests in flight now.
-    pub fn inflight(&self) -> u64 {
-        self.inflight.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts a request in flight on a backend until dropped.
+/// One arm.
 #[derive(Debug)]
-pub struct InflightGuard {
-    backend: Arc<Backend>,
-}
-
-impl InflightGuard {
-    fn new(backend: Arc<Backend>) -> Self {
-        backend.inflight.fetch_add(1, Ordering::Relaxed);
-        backend.inflight_gauge.increment(1.0);
-        Self { backend }
-    }
-
-    /// The backend this guard counts on.
-    pub fn backend(&self) -> &Arc<Backend> {
-        &self.backend
-    }
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.backend.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.backend.inflight_gauge.decrement(1.0);
-    }
-}
-
-/// A named set of replicas of one framework.
-#[derive(Debug)]
-pub struct Pool {
-    /// Configured name (the `pool` label).
+pub struct ExperimentArm {
+    /// The `arm` label.
     pub name: Arc<str>,
-    /// What serves it.
-    pub framework: Framework,
-    /// Replica choice.
-    pub policy: Policy,
-    /// The replicas.
-    pub backends: Vec<Arc<Backend>>,
-    /// Effective timeouts.
-    pub timeouts: Timeouts,
-    /// `Authorization` sent upstream instead of the client's.
-    pub api_key: Option<HeaderValue>,
-    /// Pooled keep-alive connections to the replicas.
-    pub client: UpstreamClient,
-    /// Rotation cursor (round robin; tie-break for least outstanding).
-    next: AtomicUsize,
-    /// `servelens_route_decisions_total{pool, decision=<policy>}`.
-    decisions: Counter,
+    /// Relative weight.
+    pub weight: f64,
+    /// The pool serving it.
+    pub pool: Arc<Pool>,
+    assignments: Counter,
 }
 
-impl Pool {
-    /// Chooses a replica and counts the request in flight on it.
-    pub fn pick(&self) -> Result<InflightGuard, GatewayError> {
-        let n = self.backends.len();
-        if n == 0 {
-            return Err(GatewayError::NoHealthyBackend {
-                pool: self.name.to_string(),
-            });
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let chosen = match self.policy {
-            Policy::RoundRobin => start,
-            Policy::LeastOutstanding => (0..n)
-                .map(|i| (start + i) % n)
-                .min_by_key(|&i| self.backends[i].inflight())
-                .unwrap_or(start),
-        };
-        self.decisions.increment(1);
-        Ok(InflightGuard::new(self.backends[chosen].clone()))
+impl Experiment {
+    /// The arm for this request: hash of (experiment, sticky key), where the key is the sticky
+    /// header, else the body's `user`, else the request id.
+    pub fn assign(
+        &self,
+        headers: &HeaderMap,
+        user: Option<&str>,
+        request_id: &[u8],
+    ) -> Option<&ExperimentArm> {
+        let key = headers
+            .get(&self.sticky_header)
+            .map(|v| v.as_bytes())
+            .filter(|v| !v.is_empty())
+            .or_else(|| user.map(str::as_bytes).filter(|u| !u.is_empty()))
+            .unwrap_or(request_id);
+        let weights: Vec<Arm<'_>> = self
+            .arms
+            .iter()
+            .map(|a| Arm {
+                name: &a.name,
+                weight: a.weight,
+            })
+            .collect();
+        let arm = &self.arms[split::assign(&self.name, key, &weights)?];
+        arm.assignments.increment(1);
+        Some(arm)
     }
 }
 
-/// A configured model and the pool that serves it.
+/// Where a route sends requests.
+#[derive(Debug)]
+pub enum Target {
+    /// One pool.
+    Pool(Arc<Pool>),
+    /// An experiment's arms.
+    Experiment(Arc<Experiment>),
+}
+
+/// Shadow traffic of a route.
+#[derive(Debug)]
+pub struct Mirror {
+    /// The shadow pool.
+    pub pool: Arc<Pool>,
+    /// Fraction of requests mirrored.
+    pub fraction: f64,
+}
+
+impl Mirror {
+    /// Whether this request is mirrored (deterministic in the request id).
+    pub fn selects(&self, request_id: &[u8]) -> bool {
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(request_id, 0x6d69_7272_6f72);
+        ((h >> 11) as f64 / (1u64 << 53) as f64) < self.fraction
+    }
+}
+
+/// A configured model and where it goes.
 #[derive(Debug)]
 pub struct Route {
     /// The model name as configured (`*` for the catch-all); the `route` label.
     pub name: Arc<str>,
+    /// The pool or experiment.
+    pub target: Target,
+    /// Optional shadow traffic.
+    pub mirror: Option<Mirror>,
+}
+
+/// The route, arm and pool chosen for one request.
+#[derive(Debug)]
+pub struct Choice<'a> {
+    /// The route.
+    pub route: &'a Arc<Route>,
     /// The pool.
-    pub pool: Arc<Pool>,
+    pub pool: &'a Arc<Pool>,
+    /// The experiment arm (empty outside experiments).
+    pub arm: Arc<str>,
 }
 
 /// Everything the request path reads from the config.
@@ -134,67 +125,104 @@ pub struct Route {
 pub struct RoutingTable {
     by_model: HashMap<String, Arc<Route>>,
     any: Option<Arc<Route>>,
-    /// Routes in config order (for `/v1/models`).
     routes: Vec<Arc<Route>>,
     pools: BTreeMap<String, Arc<Pool>>,
+    no_arm: Arc<str>,
 }
 
 impl RoutingTable {
-    /// Builds the table (clients, backends, counters) from a validated config.
-    pub fn build(config: &GatewayConfig, metrics: &Metrics) -> Result<Self, ConfigError> {
+    /// Builds the table from a validated config. `resolved` holds the current addresses of
+    /// pools with DNS discovery (pools missing from it use their URLs as written).
+    pub fn build(
+        config: &GatewayConfig,
+        resolved: &HashMap<String, Vec<BackendAddr>>,
+        registry: &BackendRegistry,
+        metrics: &Metrics,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let mut pools = BTreeMap::new();
         for (name, pool) in &config.pools {
-            let timeouts = pool.timeouts.over(config.timeouts);
-            let mut backends = Vec::with_capacity(pool.backends.len());
-            for (i, spec) in pool.backends.iter().enumerate() {
-                let addr = spec.resolve(&format!("pools.{name}.backends[{i}]"))?;
-                metrics.backend_up(name, &addr.name).set(1.0);
-                backends.push(Arc::new(Backend {
-                    inflight_gauge: metrics.inflight(name, &addr.name),
-                    name: Arc::from(addr.name),
-                    base: addr.base,
-                    inflight: AtomicU64::new(0),
-                }));
-            }
-            let api_key = match &pool.api_key {
-                Some(key) => {
-                    Some(HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| {
-                        ConfigError::Invalid {
-                            field: format!("pools.{name}.api_key"),
-                            reason: "not a valid header value".into(),
-                        }
-                    })?)
-                }
-                None => None,
+            let addrs = match resolved.get(name) {
+                Some(addrs) => addrs.clone(),
+                None => pool
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, spec)| spec.resolve(&format!("pools.{name}.backends[{i}]")))
+                    .collect::<Result<Vec<_>, _>>()?,
             };
-            let pool = Pool {
-                name: Arc::from(name.as_str()),
-                framework: pool.framework,
-                policy: pool.policy,
-                backends,
-                timeouts,
-                api_key,
-                client: upstream_client(&timeouts, pool.max_idle_per_backend),
-                next: AtomicUsize::new(0),
-                decisions: metrics.route_decision(name, pool.policy.as_str()),
-            };
-            pools.insert(name.clone(), Arc::new(pool));
+            let built = Pool::build(name, pool, addrs, config.timeouts, registry, metrics)?;
+            pools.insert(name.clone(), Arc::new(built));
+        }
+        let pool = |name: &str| -> Result<Arc<Pool>, ConfigError> {
+            pools
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ConfigError::Invalid {
+                    field: "routes".into(),
+                    reason: format!("no pool named `{name}`"),
+                })
+        };
+        let mut experiments = HashMap::new();
+        for (name, experiment) in &config.experiments {
+            let arms = experiment
+                .arms
+                .iter()
+                .map(|arm| {
+                    Ok(ExperimentArm {
+                        name: Arc::from(arm.name.as_str()),
+                        weight: arm.weight,
+                        pool: pool(&arm.pool)?,
+                        assignments: metrics.assignments(name, &arm.name),
+                    })
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()?;
+            let sticky_header = HeaderName::from_bytes(experiment.sticky_header.as_bytes())
+                .map_err(|_| ConfigError::Invalid {
+                    field: format!("experiments.{name}.sticky_header"),
+                    reason: "not a header name".into(),
+                })?;
+            experiments.insert(
+                name.clone(),
+                Arc::new(Experiment {
+                    name: Arc::from(name.as_str()),
+                    sticky_header,
+                    arms,
+                }),
+            );
         }
         let mut by_model = HashMap::new();
         let mut any = None;
         let mut routes = Vec::new();
         for route in &config.routes {
-            let pool = pools
-                .get(&route.pool)
-                .cloned()
-                .ok_or_else(|| ConfigError::Invalid {
-                    field: "routes".into(),
-                    reason: format!("no pool named `{}`", route.pool),
-                })?;
+            let target = match (&route.pool, &route.experiment) {
+                (Some(name), _) => Target::Pool(pool(name)?),
+                (None, Some(name)) => {
+                    Target::Experiment(experiments.get(name).cloned().ok_or_else(|| {
+                        ConfigError::Invalid {
+                            field: "routes".into(),
+                            reason: format!("no experiment named `{name}`"),
+                        }
+                    })?)
+                }
+                (None, None) => {
+                    return Err(ConfigError::Invalid {
+                        field: "routes".into(),
+                        reason: "a route needs a pool or an experiment".into(),
+                    })
+                }
+            };
+            let mirror = match &route.mirror {
+                Some(m) => Some(Mirror {
+                    pool: pool(&m.pool)?,
+                    fraction: m.fraction,
+                }),
+                None => None,
+            };
             let built = Arc::new(Route {
                 name: Arc::from(route.model.as_str()),
-                pool,
+                target,
+                mirror,
             });
             if route.model == ANY_MODEL {
                 any = Some(built.clone());
@@ -208,33 +236,61 @@ impl RoutingTable {
             any,
             routes,
             pools,
+            no_arm: Arc::from(""),
         })
     }
 
     /// The route for a request: its `model`, else the catch-all. SGLang `/generate` bodies
     /// usually carry no `model`; they go to the catch-all or else the first SGLang route.
-    pub fn route(&self, req: &InferenceRequest<'_>) -> Result<Arc<Route>, GatewayError> {
+    pub fn route(&self, req: &InferenceRequest<'_>) -> Result<&Arc<Route>, GatewayError> {
         match req.model() {
             Some(model) => self
                 .by_model
                 .get(model)
                 .or(self.any.as_ref())
-                .cloned()
                 .ok_or_else(|| GatewayError::UnknownModel(model.to_string())),
             None => self
                 .any
-                .clone()
+                .as_ref()
                 .or_else(|| {
                     (req.endpoint == Endpoint::Generate)
                         .then(|| {
                             self.routes
                                 .iter()
-                                .find(|r| r.pool.framework == Framework::Sglang)
-                                .cloned()
+                                .find(|r| route_framework(r) == Some(Framework::Sglang))
                         })
                         .flatten()
                 })
                 .ok_or(GatewayError::MissingModel),
+        }
+    }
+
+    /// Route, arm and pool for a request.
+    pub fn choose<'a>(
+        &'a self,
+        req: &InferenceRequest<'_>,
+        headers: &HeaderMap,
+        request_id: &[u8],
+    ) -> Result<Choice<'a>, GatewayError> {
+        let route = self.route(req)?;
+        match &route.target {
+            Target::Pool(pool) => Ok(Choice {
+                route,
+                pool,
+                arm: self.no_arm.clone(),
+            }),
+            Target::Experiment(experiment) => {
+                let arm = experiment
+                    .assign(headers, req.user.as_deref(), request_id)
+                    .ok_or_else(|| GatewayError::NoHealthyBackend {
+                        pool: format!("experiment {}", experiment.name),
+                    })?;
+                Ok(Choice {
+                    route,
+                    pool: &arm.pool,
+                    arm: arm.name.clone(),
+                })
+            }
         }
     }
 
@@ -249,86 +305,61 @@ impl RoutingTable {
     }
 }
 
-/// A pooled client: keep-alive, `TCP_NODELAY`, the pool's connect timeout, idle reaping.
-fn upstream_client(timeouts: &Timeouts, max_idle: usize) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(timeouts.connect));
-    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_max_idle_per_host(max_idle)
-        .build(connector)
+/// The framework a route serves (its pool's, or its first arm's).
+fn route_framework(route: &Route) -> Option<Framework> {
+    match &route.target {
+        Target::Pool(pool) => Some(pool.framework),
+        Target::Experiment(e) => e.arms.first().map(|a| a.pool.framework),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn table(policy: &str) -> RoutingTable {
-        let text = format!(
-            r#"
-            [pools.a]
-            policy = "{policy}"
-            backends = ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"]
-            [pools.s]
-            framework = "sglang"
-            backends = ["http://127.0.0.1:4"]
-            [[routes]]
-            model = "m"
-            pool = "a"
-            [[routes]]
-            model = "s"
-            pool = "s"
-            "#
-        );
-        let config = GatewayConfig::from_toml(&text).expect("valid");
-        RoutingTable::build(&config, &Metrics::new()).expect("builds")
+    fn table(text: &str) -> RoutingTable {
+        let config = GatewayConfig::from_toml(text).expect("valid");
+        RoutingTable::build(
+            &config,
+            &HashMap::new(),
+            &BackendRegistry::new(),
+            &Metrics::new(),
+        )
+        .expect("builds")
     }
 
     fn parse(endpoint: Endpoint, body: &str) -> InferenceRequest<'_> {
         InferenceRequest::parse(endpoint, body.as_bytes()).expect("valid")
     }
 
-    #[tokio::test]
-    async fn round_robin_rotates() {
-        let t = table("round_robin");
-        let pool = &t.pools()["a"];
-        let names: Vec<_> = (0..6)
-            .map(|_| pool.pick().map(|g| g.backend().name.to_string()))
-            .collect::<Result<_, _>>()
-            .expect("backends");
-        assert_eq!(names[..3], names[3..]);
-        assert_eq!(
-            names.iter().collect::<std::collections::HashSet<_>>().len(),
-            3
-        );
-    }
-
-    #[tokio::test]
-    async fn least_outstanding_avoids_busy_replicas() {
-        let t = table("least_outstanding");
-        let pool = &t.pools()["a"];
-        let held: Vec<_> = (0..2).map(|_| pool.pick().expect("backend")).collect();
-        let third = pool.pick().expect("backend");
-        assert!(held
-            .iter()
-            .all(|g| g.backend().name != third.backend().name));
-        assert_eq!(third.backend().inflight(), 1);
-        drop(held);
-        assert!(pool.backends.iter().filter(|b| b.inflight() == 0).count() == 2);
-    }
+    const CONFIG: &str = r#"
+        [pools.a]
+        backends = ["http://127.0.0.1:1"]
+        [pools.s]
+        framework = "sglang"
+        backends = ["http://127.0.0.1:4"]
+        [experiments.ab]
+        arms = [{ name = "left", pool = "a", weight = 1 }, { name = "right", pool = "s", weight = 1 }]
+        [[routes]]
+        model = "m"
+        pool = "a"
+        [[routes]]
+        model = "s"
+        pool = "s"
+        [[routes]]
+        model = "x"
+        experiment = "ab"
+    "#;
 
     #[tokio::test]
     async fn models_route_and_unknown_models_fail() {
-        let t = table("round_robin");
+        let t = table(CONFIG);
         let route = t
             .route(&parse(Endpoint::ChatCompletions, r#"{"model":"m"}"#))
             .expect("routed");
-        assert_eq!(&*route.pool.name, "a");
+        assert_eq!(&*route.name, "m");
         let err = t
-            .route(&parse(Endpoint::ChatCompletions, r#"{"model":"x"}"#))
+            .route(&parse(Endpoint::ChatCompletions, r#"{"model":"zz"}"#))
             .expect_err("unknown");
         assert_eq!(err.status().as_u16(), 404);
         let err = t
@@ -338,6 +369,40 @@ mod tests {
         let route = t
             .route(&parse(Endpoint::Generate, r#"{"text":"hi"}"#))
             .expect("sglang");
-        assert_eq!(&*route.pool.name, "s");
+        assert_eq!(&*route.name, "s");
+    }
+
+    #[tokio::test]
+    async fn experiments_are_sticky_by_header_then_user_then_request_id() {
+        let t = table(CONFIG);
+        let req = parse(Endpoint::ChatCompletions, r#"{"model":"x","user":"u1"}"#);
+        let mut headers = HeaderMap::new();
+        let by_user: Vec<Arc<str>> = (0..20)
+            .map(|i| {
+                t.choose(&req, &headers, format!("r{i}").as_bytes())
+                    .expect("choice")
+                    .arm
+            })
+            .collect();
+        assert!(
+            by_user.windows(2).all(|w| w[0] == w[1]),
+            "same user, same arm"
+        );
+        headers.insert("x-session-id", "s1".parse().expect("value"));
+        let by_session = t.choose(&req, &headers, b"r").expect("choice");
+        assert!(["left", "right"].contains(&&*by_session.arm));
+        let anonymous = parse(Endpoint::ChatCompletions, r#"{"model":"x"}"#);
+        let arms: std::collections::HashSet<Arc<str>> = (0..40)
+            .map(|i| {
+                t.choose(&anonymous, &HeaderMap::new(), format!("r{i}").as_bytes())
+                    .expect("c")
+                    .arm
+            })
+            .collect();
+        assert_eq!(
+            arms.len(),
+            2,
+            "without a sticky key, request ids spread over arms"
+        );
     }
 }

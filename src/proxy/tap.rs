@@ -30,9 +30,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::config::Timeouts;
+use crate::config::{EjectionConfig, Timeouts};
 use crate::openai::{classify, Payload};
-use crate::proxy::route::InflightGuard;
+use crate::proxy::pool::InflightGuard;
 use crate::sse::{BlockKind, Decoder};
 use crate::telemetry::{Outcome, RequestLabels, RequestRecord, Telemetry, Timeline};
 
@@ -68,6 +68,8 @@ pub struct RecordContext {
     pub mirrored: bool,
     /// Holds the backend's in-flight count until the record is written.
     pub guard: Option<InflightGuard>,
+    /// Passive-health settings of the backend's pool (failures count towards ejection).
+    pub ejection: EjectionConfig,
 }
 
 /// How the body is read.
@@ -413,7 +415,18 @@ impl<B: Body> TapBody<B> {
             mirrored: ctx.mirrored,
             measurements: timeline.measure(now),
         };
-        drop(ctx.guard);
+        if let Some(guard) = ctx.guard {
+            let backend = guard.backend();
+            match outcome {
+                Outcome::UpstreamError | Outcome::Timeout
+                    if ctx.status < 400 || (502..=504).contains(&ctx.status) =>
+                {
+                    backend.record_failure(&ctx.ejection)
+                }
+                Outcome::Completed => backend.record_success(),
+                _ => {}
+            }
+        }
         ctx.telemetry.record(record);
     }
 }

@@ -44,6 +44,20 @@ pub const INFLIGHT: &str = "servelens_inflight_requests";
 pub const BACKEND_UP: &str = "servelens_backend_up";
 /// `servelens_route_decisions_total{pool,decision}`.
 pub const ROUTE_DECISIONS: &str = "servelens_route_decisions_total";
+/// `servelens_backend_queue_length{pool,backend}`: the engine's waiting queue (scraped).
+pub const BACKEND_QUEUE: &str = "servelens_backend_queue_length";
+/// `servelens_backend_kv_cache_usage_ratio{pool,backend}` (scraped).
+pub const BACKEND_KV: &str = "servelens_backend_kv_cache_usage_ratio";
+/// `servelens_backend_prefix_cache_hit_ratio{pool,backend}` (scraped).
+pub const BACKEND_HIT: &str = "servelens_backend_prefix_cache_hit_ratio";
+/// `servelens_backend_ejections_total{pool,backend}`.
+pub const BACKEND_EJECTIONS: &str = "servelens_backend_ejections_total";
+/// `servelens_retries_total{pool}`.
+pub const RETRIES: &str = "servelens_retries_total";
+/// `servelens_experiment_assignments_total{experiment,arm}`.
+pub const ASSIGNMENTS: &str = "servelens_experiment_assignments_total";
+/// `servelens_config_reloads_total{result}`.
+pub const RELOADS: &str = "servelens_config_reloads_total";
 /// `servelens_errors_total{kind}`: requests the gateway answered with its own error status.
 pub const ERRORS: &str = "servelens_errors_total";
 /// `servelens_build_info{version}`.
@@ -191,6 +205,33 @@ impl Metrics {
             Unit::Count,
             "Requests answered with a gateway error status, by kind.",
         );
+        gauge(BACKEND_QUEUE, Unit::Count, "Requests waiting in the backend engine (vllm:num_requests_waiting / sglang:num_queue_reqs).");
+        gauge(
+            BACKEND_KV,
+            Unit::Count,
+            "Backend KV-cache usage, 0-1 (vllm:kv_cache_usage_perc / sglang:token_usage).",
+        );
+        gauge(BACKEND_HIT, Unit::Count, "Backend prefix-cache hit ratio over the last scrape interval (vLLM) or as reported (sglang:cache_hit_rate).");
+        counter(
+            BACKEND_EJECTIONS,
+            Unit::Count,
+            "Passive ejections of a backend after consecutive failures.",
+        );
+        counter(
+            RETRIES,
+            Unit::Count,
+            "Attempts retried on another replica before any byte reached the client.",
+        );
+        counter(
+            ASSIGNMENTS,
+            Unit::Count,
+            "A/B experiment assignments by arm.",
+        );
+        counter(
+            RELOADS,
+            Unit::Count,
+            "Config reloads by result (ok, error).",
+        );
         gauge(
             BUILD_INFO,
             Unit::Count,
@@ -229,6 +270,37 @@ impl Metrics {
     /// The up/down gauge of one backend.
     pub fn backend_up(&self, pool: &str, backend: &str) -> Gauge {
         self.gauge(BACKEND_UP, pool_backend(pool, backend))
+    }
+
+    /// A scraped backend gauge (`BACKEND_QUEUE`, `BACKEND_KV`, `BACKEND_HIT`).
+    pub fn backend_gauge(&self, name: &'static str, pool: &str, backend: &str) -> Gauge {
+        self.gauge(name, pool_backend(pool, backend))
+    }
+
+    /// Ejections of one backend.
+    pub fn backend_ejections(&self, pool: &str, backend: &str) -> Counter {
+        self.counter(BACKEND_EJECTIONS, pool_backend(pool, backend))
+    }
+
+    /// Retries in one pool.
+    pub fn retries(&self, pool: &str) -> Counter {
+        self.counter(RETRIES, vec![Label::new("pool", pool.to_string())])
+    }
+
+    /// Assignments to one arm of one experiment.
+    pub fn assignments(&self, experiment: &str, arm: &str) -> Counter {
+        self.counter(
+            ASSIGNMENTS,
+            vec![
+                Label::new("experiment", experiment.to_string()),
+                Label::new("arm", arm.to_string()),
+            ],
+        )
+    }
+
+    /// Config reloads with `result` (`ok` or `error`).
+    pub fn reloads(&self, result: &'static str) -> Counter {
+        self.counter(RELOADS, vec![Label::new("result", result)])
     }
 
     /// The counter of one routing decision kind in one pool.
