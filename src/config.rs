@@ -450,6 +450,11 @@ pub struct PoolConfig {
     /// Points per replica on the hash ring.
     #[serde(default = "default_vnodes")]
     pub vnodes: usize,
+    /// `prefix_hash` / `session`: below this many requests in flight a replica is never
+    /// considered overloaded (batching a few more costs an engine little; moving a prefix
+    /// away costs its cache).
+    #[serde(default = "default_spill_floor")]
+    pub spill_floor: u64,
     /// `session`: the header carrying the session key (else the body's `user`).
     #[serde(default = "default_session_header")]
     pub session_header: String,
@@ -483,6 +488,9 @@ fn default_load_factor() -> f64 {
 fn default_vnodes() -> usize {
     160
 }
+fn default_spill_floor() -> u64 {
+    4
+}
 fn default_session_header() -> String {
     "x-session-id".to_string()
 }
@@ -503,6 +511,7 @@ impl PoolConfig {
             prefix_chars: default_prefix_chars(),
             load_factor: default_load_factor(),
             vnodes: default_vnodes(),
+            spill_floor: default_spill_floor(),
             session_header: default_session_header(),
             health: HealthConfig::default(),
             ejection: EjectionConfig::default(),

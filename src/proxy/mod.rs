@@ -41,7 +41,7 @@ use crate::config::{BackendAddr, ConfigError, GatewayConfig};
 use crate::error::{ErrorKind, GatewayError};
 use crate::openai::Endpoint;
 use crate::proxy::forward::Upstream;
-use crate::proxy::pool::{BackendRegistry, InflightGuard, Pool};
+use crate::proxy::pool::{BackendRegistry, InflightGuard, Pool, RouteKey};
 use crate::proxy::request::InferenceRequest;
 use crate::proxy::route::RoutingTable;
 use crate::proxy::tap::{RecordContext, TapBody, TapError};
@@ -131,7 +131,7 @@ impl Attempt {
 /// The request after parsing and routing, ready to be sent.
 struct Routed {
     pool: Arc<Pool>,
-    key: Option<u64>,
+    key: Option<RouteKey>,
     upstream: Upstream,
     usage_injected: bool,
 }
@@ -391,7 +391,7 @@ impl Gateway {
     fn mirror(
         &self,
         pool: Arc<Pool>,
-        key: Option<u64>,
+        key: Option<RouteKey>,
         upstream: Upstream,
         attempt: &Attempt,
         usage_injected: bool,

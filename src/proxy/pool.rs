@@ -24,8 +24,9 @@ use crate::config::{
 };
 use crate::error::GatewayError;
 use crate::proxy::request::InferenceRequest;
-use crate::routing::prefix::{prefix_key, PrefixSpec};
-use crate::routing::ring::{Decision, ReplicaSet, Ring};
+use crate::routing::affinity::{AffinityTable, Placement, StickyMap};
+use crate::routing::prefix::{prefix_keys, PrefixSpec};
+use crate::routing::ring::{Bound, ReplicaSet, Ring};
 use crate::telemetry::Metrics;
 
 /// The pooled keep-alive HTTP client of one pool.
@@ -285,7 +286,19 @@ pub struct BackendRegistry {
     epoch: Instant,
     backends: Mutex<HashMap<(String, String, String), Weak<Backend>>>,
     clients: Mutex<HashMap<(String, Duration, usize, bool), UpstreamClient>>,
+    /// Key placements per (pool, replica names): kept while a pool's replicas are unchanged.
+    affinities: Mutex<HashMap<AffinityId, Weak<SharedAffinity>>>,
 }
+
+/// A pool's key placements, shared by successive routing tables.
+type SharedAffinity = Mutex<AffinityTable>;
+/// (pool name, replica names): placements stay valid while both are unchanged.
+type AffinityId = (String, Vec<String>);
+
+/// How long a prefix key stays placed after its last request.
+const KEY_TTL: Duration = Duration::from_secs(600);
+/// Most prefix keys remembered per pool.
+const MAX_KEYS: usize = 100_000;
 
 impl Default for BackendRegistry {
     fn default() -> Self {
@@ -300,7 +313,24 @@ impl BackendRegistry {
             epoch: Instant::now(),
             backends: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
+            affinities: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn affinity(&self, pool: &str, names: &[&str]) -> Arc<Mutex<AffinityTable>> {
+        let key = (
+            pool.to_string(),
+            names.iter().map(|n| n.to_string()).collect(),
+        );
+        let mut map = self.affinities.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let ttl = u64::try_from(KEY_TTL.as_millis()).unwrap_or(u64::MAX);
+        let table = Arc::new(Mutex::new(AffinityTable::new(names.len(), ttl, MAX_KEYS)));
+        map.retain(|_, weak| weak.strong_count() > 0);
+        map.insert(key, Arc::downgrade(&table));
+        table
     }
 
     fn backend(&self, pool: &str, addr: BackendAddr, metrics: &Metrics) -> Arc<Backend> {
@@ -386,6 +416,15 @@ impl RetryBudget {
 
 // === impl Pool ===
 
+/// What a keyed policy routes by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteKey {
+    /// The prefix (or session) key.
+    pub key: u64,
+    /// For chats, the conversation: which replica a moved conversation went to.
+    pub conversation: Option<u64>,
+}
+
 /// A replica chosen for one attempt.
 #[derive(Debug)]
 pub struct Picked {
@@ -396,8 +435,9 @@ pub struct Picked {
 }
 
 /// Closed set of route decisions (`servelens_route_decisions_total{decision}`).
-pub const DECISIONS: [&str; 8] = [
+pub const DECISIONS: [&str; 9] = [
     "affinity",
+    "placement",
     "spill_overload",
     "spill_unhealthy",
     "fallback",
@@ -442,6 +482,14 @@ pub struct Pool {
     pub budget: RetryBudget,
     /// Backend `/metrics` scrape interval.
     pub scrape_every: Option<Duration>,
+    /// Where prefix / session keys live.
+    affinity: Arc<Mutex<AffinityTable>>,
+    /// Conversations moved off an overloaded replica, and where to.
+    moved: Mutex<StickyMap>,
+    /// No replica is considered overloaded below this many requests in flight.
+    spill_floor: f64,
+    /// Clock origin shared with the backends.
+    epoch: Instant,
     next: AtomicUsize,
     rng: AtomicU64,
     decisions: [Counter; DECISIONS.len()],
@@ -484,6 +532,13 @@ impl Pool {
             name: Arc::from(name),
             framework: config.framework,
             policy: config.policy,
+            affinity: registry.affinity(name, &names),
+            moved: Mutex::new(StickyMap::new(
+                u64::try_from(KEY_TTL.as_millis()).unwrap_or(u64::MAX),
+                MAX_KEYS,
+            )),
+            spill_floor: config.spill_floor as f64,
+            epoch: registry.epoch,
             ring: Ring::new(&names, config.vnodes),
             backends,
             timeouts,
@@ -512,9 +567,13 @@ impl Pool {
         &self,
         req: &InferenceRequest<'_>,
         headers: &http::HeaderMap,
-    ) -> Option<u64> {
+    ) -> Option<RouteKey> {
         match self.policy {
-            Policy::PrefixHash => prefix_key(&req.prompt, req.model().unwrap_or(""), self.prefix),
+            Policy::PrefixHash => prefix_keys(&req.prompt, req.model().unwrap_or(""), self.prefix)
+                .map(|k| RouteKey {
+                    key: k.prefix,
+                    conversation: k.conversation,
+                }),
             Policy::Session => headers
                 .get(&self.session_header)
                 .map(|v| v.as_bytes())
@@ -525,7 +584,10 @@ impl Pool {
                         .map(str::as_bytes)
                         .filter(|u| !u.is_empty())
                 })
-                .map(xxhash_rust::xxh3::xxh3_64),
+                .map(|k| RouteKey {
+                    key: xxhash_rust::xxh3::xxh3_64(k),
+                    conversation: None,
+                }),
             _ => None,
         }
     }
@@ -536,7 +598,7 @@ impl Pool {
     }
 
     /// Chooses a replica for `key`, skipping `tried`, and counts the decision.
-    pub fn pick(&self, key: Option<u64>, tried: &ReplicaSet) -> Result<Picked, GatewayError> {
+    pub fn pick(&self, key: Option<RouteKey>, tried: &ReplicaSet) -> Result<Picked, GatewayError> {
         // Normally only eligible replicas; if every untried one is ejected, ignore ejections
         // (a pool never goes dark on passive signals alone); probes down stay down.
         let strict = |i: usize| !tried.contains(i) && self.backends[i].eligible();
@@ -562,17 +624,13 @@ impl Pool {
 
     fn choose(
         &self,
-        key: Option<u64>,
+        key: Option<RouteKey>,
         eligible: impl Fn(usize) -> bool,
     ) -> Option<(usize, &'static str)> {
         let n = self.backends.len();
         let load = |i: usize| self.backends[i].load();
         match (self.policy, key) {
-            (Policy::PrefixHash | Policy::Session, Some(key)) => {
-                let inflight = |i: usize| self.backends[i].inflight();
-                let pick = self.ring.pick(key, inflight, &eligible, self.load_factor)?;
-                Some((pick.replica, decision_label(pick.decision)))
-            }
+            (Policy::PrefixHash | Policy::Session, Some(key)) => self.by_key(key, &eligible),
             // No key (empty prompt, no session): never hash it, spread by load instead.
             (Policy::PrefixHash | Policy::Session, None) => self
                 .least_loaded(n, &eligible, load)
@@ -593,6 +651,68 @@ impl Pool {
                     .map(|i| (i, "round_robin"))
             }
             (Policy::Random, _) => self.random_eligible(n, &eligible).map(|i| (i, "random")),
+        }
+    }
+
+    /// Where a keyed request goes.
+    ///
+    /// 1. A conversation that was moved off an overloaded replica stays where it was moved
+    ///    while that replica is under the bound (its history is cached there).
+    /// 2. Otherwise the replica its key lives on ([`AffinityTable`]), if under the bound.
+    /// 3. Otherwise the next replica clockwise under the bound ([`Ring::pick`], from the
+    ///    conversation's own position so conversations of one hot prefix spread out); the
+    ///    conversation is remembered there.
+    fn by_key(
+        &self,
+        key: RouteKey,
+        eligible: &impl Fn(usize) -> bool,
+    ) -> Option<(usize, &'static str)> {
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let inflight = |i: usize| self.backends[i].inflight();
+        let bound = Bound {
+            factor: self.load_factor,
+            floor: self.spill_floor,
+        };
+        let cap = bound.cap(
+            (0..self.backends.len())
+                .filter(|&i| eligible(i))
+                .map(inflight),
+        )?;
+        let under = |i: usize| inflight(i) as f64 <= cap;
+        let mut moved = self.moved.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(conversation) = key.conversation {
+            if let Some(r) = moved.get(conversation, now_ms) {
+                if r < self.backends.len() && eligible(r) && under(r) {
+                    return Some((r, "affinity"));
+                }
+                moved.remove(conversation);
+            }
+        }
+        let placement = self
+            .affinity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .place(key.key, &self.ring, eligible, now_ms)?;
+        let home = placement.replica();
+        if under(home) {
+            let label = match placement {
+                Placement::Known(_) | Placement::Primary(_) => "affinity",
+                Placement::Balanced(_) => "placement",
+            };
+            return Some((home, label));
+        }
+        let from = key.conversation.unwrap_or(key.key);
+        let spill = self
+            .ring
+            .pick(from, inflight, |i| i != home && eligible(i), bound)
+            .map(|p| p.replica);
+        match (spill, key.conversation) {
+            (Some(r), Some(conversation)) => {
+                moved.set(conversation, r, now_ms);
+                Some((r, "spill_overload"))
+            }
+            (Some(r), None) => Some((r, "spill_overload")),
+            (None, _) => Some((home, "spill_overload")),
         }
     }
 
@@ -620,10 +740,6 @@ impl Pool {
         let r = splitmix(&self.rng) % candidates as u64;
         (0..n).filter(|&i| eligible(i)).nth(r as usize)
     }
-}
-
-fn decision_label(decision: Decision) -> &'static str {
-    decision.as_str()
 }
 
 /// Next value of a shared splitmix64 stream.
@@ -697,13 +813,18 @@ mod tests {
         );
     }
 
+    const KEY: RouteKey = RouteKey {
+        key: 7,
+        conversation: None,
+    };
+
     #[tokio::test]
     async fn tried_and_ejected_replicas_are_skipped_then_fallback() {
         let p = pool(Policy::PrefixHash, 2);
-        let first = p.pick(Some(7), &ReplicaSet::new()).expect("pick");
+        let first = p.pick(Some(KEY), &ReplicaSet::new()).expect("pick");
         let mut tried = ReplicaSet::new();
         tried.insert(first.index);
-        let second = p.pick(Some(7), &tried).expect("pick");
+        let second = p.pick(Some(KEY), &tried).expect("pick");
         assert_ne!(first.index, second.index);
         let cfg = EjectionConfig {
             consecutive_failures: 1,
@@ -713,7 +834,7 @@ mod tests {
         p.backends[1].record_failure(&cfg);
         assert!(p.backends.iter().all(|b| b.ejected()));
         assert!(
-            p.pick(Some(7), &ReplicaSet::new()).is_ok(),
+            p.pick(Some(KEY), &ReplicaSet::new()).is_ok(),
             "all ejected: fail open"
         );
         p.backends[0].record_probe(
@@ -730,7 +851,7 @@ mod tests {
                 ..HealthConfig::default()
             },
         );
-        let err = p.pick(Some(7), &ReplicaSet::new()).expect_err("all down");
+        let err = p.pick(Some(KEY), &ReplicaSet::new()).expect_err("all down");
         assert_eq!(err.status().as_u16(), 503);
     }
 

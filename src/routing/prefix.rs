@@ -116,21 +116,52 @@ struct Part<'a> {
     text: Option<Cow<'a, str>>,
 }
 
+/// Most bytes of a chat hashed into its conversation key.
+const CONVERSATION_CHARS: usize = 64 * 1024;
+
+/// The keys of one prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixKeys {
+    /// The routing key: the first `prefix_chars` bytes.
+    pub prefix: u64,
+    /// Chat only: the conversation's identity, everything up to and including the first user
+    /// message (the same for every turn of one conversation, different between conversations
+    /// that share a system prompt).
+    pub conversation: Option<u64>,
+}
+
 /// The routing key of a prompt, or `None` when there is no prompt text.
 pub fn prefix_key(source: &PromptSource<'_>, model: &str, spec: PrefixSpec) -> Option<u64> {
+    prefix_keys(source, model, spec).map(|k| k.prefix)
+}
+
+/// The routing key and (for chats) the conversation key of a prompt.
+pub fn prefix_keys(source: &PromptSource<'_>, model: &str, spec: PrefixSpec) -> Option<PrefixKeys> {
     let mut chain = Chain::new(spec, model);
+    let mut conversation = None;
     if let Some(messages) = source.messages {
         let messages: Vec<Message<'_>> = serde_json::from_str(messages.get()).ok()?;
+        let mut whole = Chain::new(
+            PrefixSpec {
+                prefix_chars: CONVERSATION_CHARS,
+                ..spec
+            },
+            model,
+        );
+        let mut first_user_done = false;
         for message in messages {
-            if chain.full() {
+            if chain.full() && first_user_done {
                 break;
             }
-            chain.push(message.role.as_deref().unwrap_or("").as_bytes());
-            chain.push(b"\x1f");
-            if let Some(content) = message.content {
-                push_content(&mut chain, content);
+            let role = message.role.as_deref().unwrap_or("");
+            push_message(&mut chain, role, message.content);
+            if !first_user_done {
+                push_message(&mut whole, role, message.content);
             }
-            chain.push(b"\x1e");
+            if role == "user" && !first_user_done {
+                first_user_done = true;
+                conversation = std::mem::replace(&mut whole, Chain::new(spec, model)).finish();
+            }
         }
     } else if let Some(prompt) = source.prompt.or(source.text) {
         push_prompt(&mut chain, prompt);
@@ -138,7 +169,20 @@ pub fn prefix_key(source: &PromptSource<'_>, model: &str, spec: PrefixSpec) -> O
         // Token ids: their JSON text is as stable as the ids themselves.
         chain.push(ids.get().as_bytes());
     }
-    chain.finish()
+    chain.finish().map(|prefix| PrefixKeys {
+        prefix,
+        conversation,
+    })
+}
+
+/// One chat message: `role \x1f content \x1e`.
+fn push_message(chain: &mut Chain, role: &str, content: Option<&RawValue>) {
+    chain.push(role.as_bytes());
+    chain.push(b"\x1f");
+    if let Some(content) = content {
+        push_content(chain, content);
+    }
+    chain.push(b"\x1e");
 }
 
 /// A message `content`: a string, or an array of parts whose `text`s are concatenated.
@@ -242,6 +286,35 @@ mod tests {
         let turn1 = chat_key(&conversation(SYSTEM, &["hi"]), spec);
         let turn3 = chat_key(&conversation(SYSTEM, &["hi", "hello!", "and now?"]), spec);
         assert_eq!(turn1, turn3);
+    }
+
+    #[test]
+    fn conversations_have_their_own_key_across_turns() {
+        let keys = |messages: &str| {
+            let messages = raw(messages);
+            prefix_keys(
+                &PromptSource {
+                    messages: Some(&messages),
+                    ..PromptSource::default()
+                },
+                "m",
+                PrefixSpec::default(),
+            )
+            .expect("keys")
+        };
+        let a1 = keys(&conversation(SYSTEM, &["question A"]));
+        let a3 = keys(&conversation(
+            SYSTEM,
+            &["question A", "answer", "follow-up"],
+        ));
+        let b1 = keys(&conversation(SYSTEM, &["question B"]));
+        assert_eq!(a1.prefix, b1.prefix, "same system prompt, same routing key");
+        assert_eq!(
+            a1.conversation, a3.conversation,
+            "same conversation across turns"
+        );
+        assert_ne!(a1.conversation, b1.conversation);
+        assert!(a1.conversation.is_some());
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! first replica clockwise from it (its *primary*) unless that replica is not eligible
 //! (unhealthy, ejected, already tried) or overloaded, in which case the walk continues
 //! clockwise to the next distinct replica. "Overloaded" is the bounded-loads rule of Mirrokni,
-//! Thorup and Zadimoghaddam: with `L` requests in flight over the eligible replicas (this one
-//! included), a replica may hold at most `ceil(load_factor · L / eligible)`. So no replica
-//! exceeds the mean by more than the factor (rounded up), and a key moves only while its
-//! primary is overloaded or gone.
+//! Thorup and Zadimoghaddam applied to requests in flight ([`Bound`]): a replica whose
+//! in-flight count exceeds `load_factor` × the mean over the eligible replicas is skipped,
+//! unless it holds no more than `floor` (a few extra requests cost a batching engine little,
+//! while moving a prefix away costs its cache). The bound is not rounded, so it stays tight
+//! at the small counts an inference pool runs at; if no replica is within it the least loaded
+//! eligible replica is used. A key moves only while its primary is overloaded or gone.
 //!
 //! Removing one replica of `n` moves only the keys it owned (about `1/n`); every gateway
 //! builds the same ring from the same names, so they agree with no shared state.
@@ -149,24 +151,16 @@ impl Ring {
     }
 
     /// Chooses the replica for `key` given each replica's in-flight `load` and whether it is
-    /// `eligible`, with bounded loads at `load_factor` (≥ 1). `None` only when no replica is
-    /// eligible.
+    /// `eligible`, within `bound`. `None` only when no replica is eligible.
     pub fn pick(
         &self,
         key: u64,
         load: impl Fn(usize) -> u64,
         eligible: impl Fn(usize) -> bool,
-        load_factor: f64,
+        bound: Bound,
     ) -> Option<Pick> {
-        let (mut total, mut count) = (0u64, 0u64);
-        for r in (0..self.replicas).filter(|&r| eligible(r)) {
-            total += load(r);
-            count += 1;
-        }
-        if count == 0 {
-            return None;
-        }
-        let cap = capacity(total + 1, count, load_factor);
+        let cap = bound.cap((0..self.replicas).filter(|&r| eligible(r)).map(&load))?;
+        let under = |l: u64| l as f64 <= cap;
         let mut primary_eligible = None;
         let mut least: Option<(u64, usize)> = None;
         for r in self.walk(key) {
@@ -176,7 +170,7 @@ impl Ring {
                 continue;
             }
             let l = load(r);
-            if l < cap {
+            if under(l) {
                 let decision = if !primary_ok {
                     Decision::SpillUnhealthy
                 } else if least.is_none() {
@@ -193,8 +187,7 @@ impl Ring {
                 least = Some((l, r));
             }
         }
-        // Unreachable with load_factor ≥ 1 (the least loaded replica is always under the cap),
-        // kept for factors below 1: the least loaded eligible replica.
+        // Nobody under the bound (only at very low load): the least loaded eligible replica.
         least.map(|(_, replica)| Pick {
             replica,
             decision: Decision::SpillOverload,
@@ -202,16 +195,34 @@ impl Ring {
     }
 }
 
-/// Most requests one replica may hold: `ceil(factor · total / count)`, at least 1.
-fn capacity(total: u64, count: u64, factor: f64) -> u64 {
-    let cap = (factor.max(0.0) * total as f64 / count as f64).ceil();
-    (cap as u64).max(1)
+/// The bounded-loads rule: a replica may take another request while its in-flight count is at
+/// most `max(floor, factor × mean)`, the mean taken over the eligible replicas.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bound {
+    /// `load_factor` (≥ 1).
+    pub factor: f64,
+    /// In-flight count at or below which a replica is never overloaded.
+    pub floor: f64,
+}
+
+impl Bound {
+    /// The most a replica may hold before taking one more, given the eligible replicas'
+    /// loads; `None` when there are none.
+    pub fn cap(&self, loads: impl Iterator<Item = u64>) -> Option<f64> {
+        let (total, count) = loads.fold((0u64, 0u64), |(t, c), l| (t + l, c + 1));
+        (count > 0).then(|| (self.factor * total as f64 / count as f64).max(self.floor))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    const BOUND: Bound = Bound {
+        factor: 1.25,
+        floor: 0.0,
+    };
 
     fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("replica-{i}")).collect()
@@ -261,7 +272,7 @@ mod tests {
         let order: Vec<usize> = ring.walk(key).collect();
         assert_eq!(order.len(), 4);
         let loads = |r: usize| if r == order[0] { 10 } else { 1 };
-        let pick = ring.pick(key, loads, |_| true, 1.25).expect("pick");
+        let pick = ring.pick(key, loads, |_| true, BOUND).expect("pick");
         assert_eq!(
             pick,
             Pick {
@@ -270,7 +281,7 @@ mod tests {
             }
         );
         let pick = ring
-            .pick(key, |_| 0, |r| r != order[0], 1.25)
+            .pick(key, |_| 0, |r| r != order[0], BOUND)
             .expect("pick");
         assert_eq!(
             pick,
@@ -279,23 +290,25 @@ mod tests {
                 decision: Decision::SpillUnhealthy
             }
         );
-        let pick = ring.pick(key, |_| 0, |_| true, 1.25).expect("pick");
+        let pick = ring.pick(key, |_| 0, |_| true, BOUND).expect("pick");
         assert_eq!(pick.decision, Decision::Affinity);
-        assert_eq!(ring.pick(key, |_| 0, |_| false, 1.25), None);
+        assert_eq!(ring.pick(key, |_| 0, |_| false, BOUND), None);
     }
 
     proptest! {
-        /// Whatever the loads, the chosen replica never ends up above the bound, and it is
-        /// the primary whenever the primary is eligible and under it.
+        /// Whatever the loads, the chosen replica ends up within the bound (or is the least
+        /// loaded when none is under it), and it is the primary whenever the primary is under it.
         #[test]
-        fn bounded_loads_hold(key: u64, loads in proptest::collection::vec(0u64..50, 1..12), factor in 1.0f64..2.0) {
+        fn bounded_loads_hold(key: u64, loads in proptest::collection::vec(0u64..50, 1..12), factor in 1.0f64..2.0, floor in 0.0f64..8.0) {
             let ring = Ring::new(&names(loads.len()), 32);
-            let pick = ring.pick(key, |r| loads[r], |_| true, factor).expect("pick");
-            let total: u64 = loads.iter().sum::<u64>() + 1;
-            let cap = capacity(total, loads.len() as u64, factor);
-            prop_assert!(loads[pick.replica] < cap);
+            let bound = Bound { factor, floor };
+            let pick = ring.pick(key, |r| loads[r], |_| true, bound).expect("pick");
+            let mean = loads.iter().sum::<u64>() as f64 / loads.len() as f64;
+            let cap = (factor * mean).max(floor);
+            let chosen = loads[pick.replica];
+            prop_assert!(chosen as f64 <= cap, "load {chosen} cap {cap}");
             let primary = ring.primary(key).expect("primary");
-            if loads[primary] < cap {
+            if loads[primary] as f64 <= cap {
                 prop_assert_eq!(pick, Pick { replica: primary, decision: Decision::Affinity });
             }
         }
@@ -304,7 +317,7 @@ mod tests {
         #[test]
         fn without_load_the_key_alone_decides(key: u64, n in 1usize..20) {
             let ring = Ring::new(&names(n), 16);
-            let pick = ring.pick(key, |_| 0, |_| true, 1.25).expect("pick");
+            let pick = ring.pick(key, |_| 0, |_| true, BOUND).expect("pick");
             prop_assert_eq!(Some(pick.replica), ring.primary(key));
         }
     }
