@@ -121,7 +121,7 @@ fn gateway_config(servers: &[MockServer], policy: Policy) -> GatewayConfig {
             url: s.url(),
         })
         .collect();
-    let mut pool = PoolConfig::new(servertype(), backends);
+    let mut pool = PoolConfig::new(servelens::config::Framework::Vllm, backends);
     pool.policy = policy;
     pool.health.enabled = false;
     let mut config = GatewayConfig::default();
@@ -130,10 +130,6 @@ fn gateway_config(servers: &[MockServer], policy: Policy) -> GatewayConfig {
     config.server.listen = ([127, 0, 0, 1], 0).into();
     config.server.admin = ([127, 0, 0, 1], 0).into();
     config
-}
-
-fn servertype() -> servelens::config::Framework {
-    servelens::config::Framework::Vllm
 }
 
 async fn run(router: Router, workload: Workload) -> Report {
@@ -151,7 +147,7 @@ async fn run(router: Router, workload: Workload) -> Report {
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampling = done.clone();
     let sampler = tokio::spawn(async move {
-        let mut sums = vec![0f64; REPLICAS];
+        let mut sums = [0f64; REPLICAS];
         let mut samples = 0u64;
         while !sampling.load(std::sync::atomic::Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(5)).await;
