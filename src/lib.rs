@@ -8,8 +8,8 @@
 //! client ──► parse ──► route ──► forward ──► tap ──► client
 //!             │          │                    │
 //!             │          │                    └─► record: TTFB, TTFT, ITLs, tokens, outcome ─► metrics, JSONL log
-//!             │          └─ pool ─► replica (round robin / least outstanding)
-//!             └─ model, stream, stream_options borrowed from the body bytes
+//!             │          └─ experiment arm (A/B) ─► pool ─► replica (prefix hash, bounded load)
+//!             └─ model, stream, stream_options, prompt prefix borrowed from the body bytes
 //! ```
 //!
 //! # Layout
@@ -22,7 +22,10 @@
 //! - [`config`]: typed TOML configuration; [`error`]: request-path errors and their statuses;
 //! - [`server`]: the accept loop; [`admin`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`gateway`]: `servelens serve` as a library call; [`demo`]: `servelens demo`;
-//! - [`replay`]: a backend replaying recorded streams on a schedule (tests, demo).
+//! - [`replay`]: a backend replaying recorded streams on a schedule (tests, demo);
+//! - [`routing`]: the pure routing algorithms (prefix key, ring, key placement, A/B split);
+//! - [`mock`]: `servelens mock`, a simulated vLLM / SGLang backend;
+//! - [`promtext`]: reading Prometheus text pages (backend scrapes).
 //!
 //! `src/main.rs` is a thin clap front; everything runs in-process from the library, which is
 //! how the tests drive it on `127.0.0.1:0` with paused time.
@@ -34,6 +37,7 @@ pub mod error;
 pub mod gateway;
 pub mod mock;
 pub mod openai;
+pub mod promtext;
 pub mod proxy;
 pub mod replay;
 pub mod routing;

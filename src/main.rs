@@ -92,14 +92,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => GatewayConfig::default(),
     };
-    config.apply(Overrides {
+    let overrides = Overrides {
         upstreams: args.upstreams,
         framework: args.framework,
         listen: args.listen,
         admin: args.admin,
         request_log: args.request_log,
-    })?;
-    let running = servelens::gateway::start(config).await?;
+    };
+    config.apply(overrides.clone())?;
+    let mut running = servelens::gateway::start(config).await?;
+    if let Some(path) = args.config {
+        // SIGHUP or an edit of the file reloads routes, pools and experiments.
+        running.watch_config(path, overrides);
+    }
     eprintln!(
         "servelens: proxy on {}, metrics on {}/metrics",
         running.url(),

@@ -2,7 +2,7 @@
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and
 //! production passes Ctrl-C/SIGTERM. On shutdown it stops accepting, lets in-flight connections
-//! finish for up to the grace period, then returns (dropping whatever is left).
+//! finish for up to the grace period, then closes whatever is left and returns.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,6 +37,7 @@ pub async fn serve<S, B>(
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -57,7 +58,9 @@ pub async fn serve<S, B>(
                     .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()))
                     .into_owned();
                 let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                // Reap finished connections so the set does not grow without bound.
+                while connections.try_join_next().is_some() {}
+                connections.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
@@ -71,6 +74,10 @@ pub async fn serve<S, B>(
         .await
         .is_err()
     {
-        tracing::warn!(?grace, "grace period over; dropping remaining connections");
+        tracing::warn!(
+            ?grace,
+            "grace period over; closing the remaining connections"
+        );
     }
+    connections.shutdown().await;
 }

@@ -96,7 +96,7 @@ async fn every_fixture_passes_through_byte_exact_with_exact_timings() {
             "{name}: bytes differ"
         );
         assert_eq!(
-            backend.received()[0].body,
+            posts(&backend)[0].body,
             expected_upstream_body(&body),
             "{name}: request bytes forwarded as sent (plus include_usage when the client did not decide)"
         );
@@ -192,7 +192,7 @@ async fn injected_usage_is_counted_and_withheld() {
             "{size}-byte pieces: the usage event is withheld, everything else intact"
         );
         let forwarded: serde_json::Value =
-            serde_json::from_slice(&backend.received()[0].body).expect("forwarded JSON");
+            serde_json::from_slice(&posts(&backend)[0].body).expect("forwarded JSON");
         assert_eq!(forwarded["stream_options"]["include_usage"], true);
         assert_eq!(forwarded["messages"][0]["content"], "hi");
         let record = gw.record().await;
@@ -220,7 +220,7 @@ async fn usage_injection_off_forwards_bytes_strictly() {
     let (_, _, received) = post(&gw.url("/v1/chat/completions"), body).await;
     assert_eq!(received, Bytes::from(fixture));
     assert_eq!(
-        backend.received()[0].body,
+        posts(&backend)[0].body,
         Bytes::from_static(body.as_bytes())
     );
     let record = gw.record().await;
@@ -279,7 +279,7 @@ async fn request_ids_are_generated_or_kept_and_forwarded() {
     let generated = headers["x-request-id"].to_str().expect("ascii").to_string();
     assert_eq!(generated.len(), 32);
     assert_eq!(
-        backend.received()[0].headers["x-request-id"],
+        posts(&backend)[0].headers["x-request-id"],
         generated.as_str()
     );
     assert_eq!(gw.record().await.request_id, generated);
@@ -297,7 +297,7 @@ async fn request_ids_are_generated_or_kept_and_forwarded() {
     .await;
     assert_eq!(response.headers()["x-request-id"], "client-chose-this");
     let _ = response.into_body().collect().await;
-    let forwarded = &backend.received()[1].headers;
+    let forwarded = &posts(&backend)[1].headers;
     assert_eq!(forwarded["x-request-id"], "client-chose-this");
     assert!(
         forwarded.get("x-hop").is_none(),
@@ -326,4 +326,13 @@ async fn upstream_error_status_passes_through_with_its_body() {
     let record = gw.record().await;
     assert_eq!(record.outcome, Outcome::UpstreamError);
     assert_eq!(record.status, 404);
+}
+
+/// The inference requests a replay backend received (health probes left out).
+fn posts(backend: &ReplayServer) -> Vec<servelens::replay::Received> {
+    backend
+        .received()
+        .into_iter()
+        .filter(|r| r.method == http::Method::POST)
+        .collect()
 }

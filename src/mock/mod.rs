@@ -66,7 +66,7 @@ impl MockServer {
             async move {
                 let _ = stopped.wait_for(|s| *s).await;
             },
-            Duration::from_secs(1),
+            Duration::ZERO,
         ));
         tracing::info!(%addr, framework = engine.config.framework.as_str(), replica = engine.config.replica_id, "mock backend listening");
         Ok(Self {
@@ -82,7 +82,8 @@ impl MockServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting and waits (briefly) for open connections.
+    /// Stops at once, the way a crashed engine does: the listener closes and every open
+    /// connection (streams in progress included) is cut.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;

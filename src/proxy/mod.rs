@@ -12,12 +12,15 @@
 //! Errors before a response exists become OpenAI-shaped JSON with the right status and are
 //! recorded through the same [`Telemetry::record`] as every other request.
 
+pub mod discovery;
 pub mod forward;
 pub mod headers;
+pub mod health;
 pub mod models;
 pub mod pool;
 pub mod request;
 pub mod route;
+pub mod scrape;
 pub mod tap;
 pub mod usage;
 
@@ -174,6 +177,14 @@ impl Gateway {
         let snapshot = build_snapshot(config, &resolved, &self.registry, &self.telemetry)?;
         self.snapshot.store(Arc::new(snapshot));
         Ok(())
+    }
+
+    /// Current addresses of DNS-discovered pools.
+    pub fn resolved(&self) -> HashMap<String, Vec<BackendAddr>> {
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replaces the resolved addresses of DNS-discovered pools and rebuilds the table if they
