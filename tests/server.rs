@@ -168,3 +168,107 @@ async fn serve_with_upstream_flags_streams_to_curl() {
     assert_eq!(out.stdout, support::fixtures::read("vllm_chat_stream.sse"));
     child.start_kill().expect("stop");
 }
+
+/// `servelens serve --config FILE` reloads on a file change and on SIGHUP; a bad file is
+/// refused and the running routes keep serving.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reloads_on_file_change_and_sighup() {
+    let backend = replay_backend().await;
+    let dir = std::env::temp_dir().join(format!("servelens-sighup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("gateway.toml");
+    let good = |model: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[pools.p]\nbackends = [\"{}\"]\n[pools.p.health]\nenabled = false\n[[routes]]\nmodel = \"{model}\"\npool = \"p\"\n",
+            backend.url()
+        )
+    };
+    std::fs::write(&path, good("m1")).expect("write");
+    let mut child = servelens()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let (mut proxy, mut admin) = (String::new(), String::new());
+    while let Some(line) = lines.next_line().await.expect("stderr") {
+        if let Some(rest) = line.strip_prefix("servelens: proxy on ") {
+            let mut parts = rest.split(", metrics on ");
+            proxy = parts.next().unwrap_or_default().to_string();
+            admin = parts
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches("/metrics")
+                .to_string();
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let reloads = |result: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let (_, _, page) = support::get(&format!("{admin}/metrics")).await;
+            support::metric(
+                &String::from_utf8_lossy(&page),
+                "servelens_config_reloads_total",
+                &[("result", result)],
+            )
+        }
+    };
+    let chat = |model: &str| format!(r#"{{"model":"{model}","stream":true}}"#);
+    assert_eq!(
+        support::post(&format!("{proxy}/v1/chat/completions"), chat("m1"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // A broken file is noticed by the watcher and refused.
+    std::fs::write(&path, good("m1").replace("pool = \"p\"", "pool = \"nope\"")).expect("write");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while reloads("error").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the file watcher never reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        support::post(&format!("{proxy}/v1/chat/completions"), chat("m1"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // A good file plus SIGHUP: the new route is live.
+    std::fs::write(&path, good("m2")).expect("write");
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while reloads("ok").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        support::post(&format!("{proxy}/v1/chat/completions"), chat("m2"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        support::post(&format!("{proxy}/v1/chat/completions"), chat("m1"))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    child.start_kill().expect("stop");
+}

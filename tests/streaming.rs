@@ -219,10 +219,7 @@ async fn usage_injection_off_forwards_bytes_strictly() {
     let body = r#"{"model":"m","stream":true}"#;
     let (_, _, received) = post(&gw.url("/v1/chat/completions"), body).await;
     assert_eq!(received, Bytes::from(fixture));
-    assert_eq!(
-        posts(&backend)[0].body,
-        Bytes::from_static(body.as_bytes())
-    );
+    assert_eq!(posts(&backend)[0].body, Bytes::from_static(body.as_bytes()));
     let record = gw.record().await;
     assert!(!record.usage_injected);
     assert_eq!(
