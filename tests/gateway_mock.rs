@@ -182,3 +182,71 @@ async fn sglang_generate_is_measured_from_meta_info() {
     assert_eq!(m.itl.len(), 10);
     assert_eq!(m.finish_reason, Some(servelens::openai::FinishReason::Stop));
 }
+
+/// Replaces the values of `"id"` and `"created"` (they differ between any two requests).
+fn without_ids(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    let next = |s: &str| {
+        [s.find(r#""id":"#), s.find(r#""created":"#)]
+            .into_iter()
+            .flatten()
+            .min()
+    };
+    while let Some(i) = next(rest) {
+        let j = rest[i..].find(':').map_or(i, |k| i + k + 1);
+        out.push_str(&rest[..j]);
+        let value_end = rest[j..].find([',', '}']).map_or(rest.len(), |k| j + k);
+        out.push('_');
+        rest = &rest[value_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// With usage injected (the default), a vLLM client still gets exactly the bytes vLLM would
+/// have sent it without `include_usage`: no usage event, and `system_fingerprint` back on the
+/// finish chunk. Chat and completions, one choice and two.
+#[tokio::test(start_paused = true)]
+async fn injected_usage_is_invisible_on_vllm_streams() {
+    let mock = vllm_mock(|c| {
+        c.output.min = 6;
+        c.output.max = 6;
+    })
+    .await;
+    let mut gw = TestGateway::start(config_for(&[mock.url()])).await;
+    let cases = [
+        (
+            "/v1/chat/completions",
+            format!(
+                r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":"hi"}}],"stream":true,"seed":3}}"#
+            ),
+        ),
+        (
+            "/v1/chat/completions",
+            format!(
+                r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":"hi"}}],"stream":true,"seed":3,"max_tokens":4}}"#
+            ),
+        ),
+        (
+            "/v1/completions",
+            format!(r#"{{"model":"{MODEL}","prompt":"hello","stream":true,"seed":3}}"#),
+        ),
+    ];
+    for (path, body) in cases {
+        let (_, _, direct) = post(&format!("{}{path}", mock.url()), body.clone()).await;
+        let (_, _, through) = post(&gw.url(path), body.clone()).await;
+        let (direct, through) = (
+            String::from_utf8_lossy(&direct),
+            String::from_utf8_lossy(&through),
+        );
+        assert!(direct.contains("system_fingerprint"), "{direct}");
+        assert_eq!(without_ids(&through), without_ids(&direct), "{path} {body}");
+        let record = gw.record().await;
+        assert!(record.usage_injected);
+        assert!(
+            !record.measurements.output_tokens_estimated,
+            "exact tokens from the withheld usage"
+        );
+    }
+}

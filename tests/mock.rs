@@ -369,11 +369,11 @@ async fn the_same_prompt_twice_is_cheaper_by_the_cached_prefill() {
         "lower by the modelled prefill of 384 cached tokens"
     );
     assert!(
-        text1.contains(r#""prompt_tokens_details":{"cached_tokens":0}"#),
+        text1.contains(r#""prompt_tokens_details":{"cached_tokens":0,"created_cache_tokens":384}"#),
         "{text1}"
     );
     assert!(
-        text2.contains(r#""prompt_tokens_details":{"cached_tokens":384}"#),
+        text2.contains(r#""prompt_tokens_details":{"cached_tokens":384,"created_cache_tokens":0}"#),
         "{text2}"
     );
     let (_, _, page) = support::get(&format!("{}/metrics", server.url())).await;
@@ -793,4 +793,49 @@ async fn multi_token_steps_and_deterministic_text() {
     assert_eq!(tokens, 10);
     // 1 token at prefill, then steps of 3: 1 + 3 + 3 + 3 = 10 tokens in 4 chunks.
     assert_eq!(chunks, 4);
+}
+
+/// The captures from a real vLLM 0.32 (`tests/fixtures/real/*.capture`, taken with
+/// `--enable-prompt-tokens-details`) have the mock's structure.
+#[tokio::test(start_paused = true)]
+async fn vllm_matches_the_real_engine_captures() {
+    let server = mock(MockFramework::Vllm, |c| {
+        c.model = "tiny".into();
+        c.report_cached_tokens = true;
+        c.output.min = 50;
+    })
+    .await;
+    let chat = r#"{"model":"tiny","messages":[{"role":"user","content":"hello"}],"max_tokens":4"#;
+    let completion = r#"{"model":"tiny","prompt":"hello","max_tokens":4"#;
+    let cases = [
+        (
+            "/v1/chat/completions",
+            format!(r#"{chat},"stream":true}}"#),
+            "real/vllm_chat_stream_nousage.capture",
+        ),
+        (
+            "/v1/completions",
+            format!(r#"{completion},"stream":true}}"#),
+            "real/vllm_completion_stream_nousage.capture",
+        ),
+        (
+            "/v1/chat/completions",
+            format!(r#"{chat},"stream":true,"stream_options":{{"include_usage":true}}}}"#),
+            "real/vllm_chat_stream_usage_details.capture",
+        ),
+    ];
+    for (path, body, capture) in cases {
+        let (_, _, bytes) = post(&format!("{}{path}", server.url()), body).await;
+        assert_eq!(stream_shapes(&bytes), fixture_shapes(capture), "{capture}");
+    }
+    let (_, _, body) = post(
+        &format!("{}/v1/completions", server.url()),
+        format!("{completion}}}"),
+    )
+    .await;
+    let real = support::fixtures::read("real/vllm_completion_nonstream.response.json");
+    assert_eq!(
+        shape(std::str::from_utf8(&body).expect("utf8")),
+        shape(std::str::from_utf8(&real).expect("utf8"))
+    );
 }

@@ -327,6 +327,7 @@ fn context(engine: &Engine, request: &MockRequest, header_id: Option<String>) ->
         continuous_usage: request.continuous_usage,
         prompt_tokens: request.prompt_tokens,
         cached_tokens: None,
+        created_cache_tokens: None,
         chat: request.kind == Kind::Chat,
     }
 }
@@ -574,6 +575,9 @@ impl Job {
         let cached = engine.prefill(&blocks, self.request.prompt_tokens, self.request.stream);
         if engine.config.report_cached_tokens {
             self.ctx.cached_tokens = Some(cached);
+            let cacheable =
+                self.request.prompt_tokens.saturating_sub(1) / block_tokens * block_tokens;
+            self.ctx.created_cache_tokens = Some(cacheable.saturating_sub(cached));
         }
         account.hold_blocks(self.request.prompt_tokens.div_ceil(block_tokens) as i64);
         sink.sleep(latency.prefill(self.request.prompt_tokens - cached))

@@ -23,6 +23,7 @@ pub mod route;
 pub mod scrape;
 pub mod tap;
 pub mod usage;
+pub mod withhold;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

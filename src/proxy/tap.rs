@@ -15,9 +15,9 @@
 //! After streaming has begun an upstream failure cannot change the status any more, so for SSE
 //! the client gets an OpenAI-style `{"error": ...}` event and `[DONE]`, as vLLM itself does.
 //!
-//! With usage injection on, the usage-only event the gateway asked for is withheld: in that mode
-//! only whole events are forwarded (a partial trailing event waits for its end, normally within
-//! the same burst), and the withheld event's bytes are cut out by slicing, not copying.
+//! With usage injection on, the usage-only event the gateway asked for is withheld (see
+//! [`withhold`](crate::proxy::withhold)): only whole events are forwarded then, and the
+//! withheld event's bytes are cut out by slicing, not copying.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -30,9 +30,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::config::{EjectionConfig, Timeouts};
+use crate::config::{EjectionConfig, Framework, Timeouts};
 use crate::openai::{classify, Payload};
 use crate::proxy::pool::InflightGuard;
+use crate::proxy::withhold::{Action, Withholder};
 use crate::sse::{BlockKind, Decoder};
 use crate::telemetry::{Outcome, RequestLabels, RequestRecord, Telemetry, Timeline};
 
@@ -80,6 +81,8 @@ enum Reader {
         decoder: Decoder,
         /// Withhold the usage-only event (and forward only whole events).
         withhold_usage: bool,
+        /// Hold finish chunks for the usage event's `system_fingerprint` (vLLM).
+        hold_finish: bool,
     },
     /// Anything else: keep the frames (refcounted, not copied) to read `usage` at the end.
     Whole { frames: Vec<Bytes>, len: usize },
@@ -105,8 +108,10 @@ pub struct TapBody<B: Body> {
     timer: Pin<Box<Sleep>>,
     /// Frames to send before anything else (withheld-mode output, error events).
     out: VecDeque<Bytes>,
-    /// Withheld mode: bytes of an event whose end has not arrived yet.
-    held: Vec<Bytes>,
+    /// Withheld mode: partial events and held finish chunks.
+    withholder: Withholder,
+    /// Withheld mode: the events completed by the current frame (reused buffer).
+    events: Vec<(usize, Action)>,
 }
 
 impl<B> TapBody<B>
@@ -127,6 +132,7 @@ where
             Reader::Sse {
                 decoder: Decoder::new(),
                 withhold_usage,
+                hold_finish: withhold_usage && record.labels.framework == Some(Framework::Vllm),
             }
         } else {
             Reader::Whole {
@@ -145,7 +151,8 @@ where
             seen_first_frame: false,
             timer: Box::pin(tokio::time::sleep_until(first_deadline)),
             out: VecDeque::new(),
-            held: Vec::new(),
+            withholder: Withholder::default(),
+            events: Vec::new(),
         }
     }
 
@@ -164,7 +171,8 @@ where
             reader,
             timeline,
             out,
-            held,
+            withholder,
+            events,
             ..
         } = self;
         match reader {
@@ -182,6 +190,7 @@ where
             Reader::Sse {
                 decoder,
                 withhold_usage: false,
+                ..
             } => {
                 decoder.feed(&data, |block| {
                     if let BlockKind::Data { name: None, data } = block.kind {
@@ -193,32 +202,27 @@ where
             Reader::Sse {
                 decoder,
                 withhold_usage: true,
+                hold_finish,
             } => {
-                let mut cursor = 0;
-                let mut start = 0;
+                let hold_finish = *hold_finish;
+                events.clear();
                 decoder.feed(&data, |block| {
-                    let mut withhold = false;
+                    let mut action = Action::Pass;
                     if let BlockKind::Data { name: None, data } = block.kind {
                         let payload = classify(data);
-                        withhold = matches!(&payload, Payload::Chunk(c) if c.is_usage_only());
+                        action = match &payload {
+                            Payload::Chunk(c) if c.is_usage_only() => Action::Withhold,
+                            Payload::Chunk(c) if hold_finish && c.finish.is_some() => {
+                                Action::HoldFinish
+                            }
+                            Payload::Done | Payload::Error => Action::Flush,
+                            _ => Action::Pass,
+                        };
                         timeline.observe(&payload, now);
                     }
-                    if withhold {
-                        if start == 0 {
-                            held.clear();
-                        } else {
-                            emit(out, held, data.slice(cursor..start));
-                        }
-                        cursor = block.end;
-                    }
-                    start = block.end;
+                    events.push((block.end, action));
                 });
-                if start > cursor {
-                    emit(out, held, data.slice(cursor..start));
-                }
-                if start < data.len() {
-                    held.push(data.slice(start.max(cursor)..));
-                }
+                withholder.frame(&data, events, out);
                 None
             }
         }
@@ -238,6 +242,7 @@ where
         let Reader::Sse {
             decoder,
             withhold_usage,
+            ..
         } = &self.reader
         else {
             return Some(match outcome {
@@ -248,7 +253,7 @@ where
         // Withheld-mode partial bytes were never sent: drop them. Otherwise close the partial
         // event the client already has before adding ours.
         let unterminated = if *withhold_usage {
-            self.held.clear();
+            self.withholder.fail(&mut self.out);
             false
         } else {
             decoder.is_mid_event()
@@ -364,7 +369,7 @@ impl<B: Body> TapBody<B> {
     /// The upstream body ended normally.
     fn on_end(&mut self, now: Instant) {
         self.inner = None;
-        self.out.extend(self.held.drain(..));
+        self.withholder.end(&mut self.out);
         if let Reader::Whole { frames, len } = &mut self.reader {
             if *len <= MAX_WHOLE_BODY
                 && self
@@ -445,14 +450,6 @@ impl<B: Body> Drop for TapBody<B> {
             self.inner = None;
             self.finish(Outcome::ClientCancelled, now);
         }
-    }
-}
-
-/// Emits `piece` after any held bytes.
-fn emit(out: &mut VecDeque<Bytes>, held: &mut Vec<Bytes>, piece: Bytes) {
-    out.extend(held.drain(..));
-    if !piece.is_empty() {
-        out.push_back(piece);
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Ctx {
     pub prompt_tokens: u64,
     /// Cached prompt tokens, when the server reports them.
     pub cached_tokens: Option<u64>,
+    /// Prompt tokens newly written to the prefix cache (vLLM's `created_cache_tokens`).
+    pub created_cache_tokens: Option<u64>,
     /// Chat completions (vs text completions).
     pub chat: bool,
 }

@@ -41,10 +41,18 @@ impl Vllm {
         }
     }
 
+    /// The usage chunk's object: chat adds `created_cache_tokens` to the details, completions
+    /// does not (as vLLM 0.32 writes them).
     fn usage_object(ctx: &Ctx, completion: u64) -> String {
-        let details = match ctx.cached_tokens {
-            Some(cached) => format!(r#","prompt_tokens_details":{{"cached_tokens":{cached}}}"#),
-            None => String::new(),
+        let details = match (ctx.cached_tokens, ctx.chat) {
+            (Some(cached), true) => format!(
+                r#","prompt_tokens_details":{{"cached_tokens":{cached},"created_cache_tokens":{}}}"#,
+                ctx.created_cache_tokens.unwrap_or(0)
+            ),
+            (Some(cached), false) => {
+                format!(r#","prompt_tokens_details":{{"cached_tokens":{cached}}}"#)
+            }
+            (None, _) => String::new(),
         };
         format!(
             r#"{{"prompt_tokens":{},"total_tokens":{},"completion_tokens":{completion}{details}}}"#,
@@ -100,7 +108,7 @@ impl Wire for Vllm {
                 finish_json(finish)
             )
         };
-        let fingerprint = if finish.is_some() && ctx.chat && !ctx.include_usage {
+        let fingerprint = if finish.is_some() && !ctx.include_usage {
             format!(r#","system_fingerprint":{}"#, js(&ctx.fingerprint))
         } else {
             String::new()
@@ -142,8 +150,14 @@ impl Wire for Vllm {
 
     fn body(&self, ctx: &Ctx, results: &[ChoiceResult]) -> String {
         let completion: u64 = results.iter().map(|r| r.tokens).sum();
+        let created = match (ctx.chat, ctx.created_cache_tokens) {
+            (true, Some(n)) => n.to_string(),
+            _ => "null".to_string(),
+        };
         let details = match ctx.cached_tokens {
-            Some(cached) => format!(r#"{{"cached_tokens":{cached}}}"#),
+            Some(cached) => format!(
+                r#"{{"cached_tokens":{cached},"created_cache_tokens":{created},"multimodal_tokens":null}}"#
+            ),
             None => "null".to_string(),
         };
         let usage = format!(
@@ -163,7 +177,7 @@ impl Wire for Vllm {
                     )
                 } else {
                     format!(
-                        r#"{{"index":{index},"text":{},"logprobs":null,"finish_reason":"{}","stop_reason":null,"prompt_logprobs":null,"prompt_token_ids":null,"token_ids":null}}"#,
+                        r#"{{"index":{index},"text":{},"logprobs":null,"finish_reason":"{}","stop_reason":null,"token_ids":null,"prompt_logprobs":null,"prompt_token_ids":null,"routed_experts":null}}"#,
                         js(&r.text),
                         r.finish.as_str()
                     )
@@ -181,7 +195,7 @@ impl Wire for Vllm {
             )
         } else {
             format!(
-                r#"{{"id":{},"object":"text_completion","created":{},"model":{},"choices":[{}],"service_tier":null,"system_fingerprint":{},"usage":{usage},"kv_transfer_params":null}}"#,
+                r#"{{"id":{},"object":"text_completion","created":{},"model":{},"choices":[{}],"service_tier":null,"system_fingerprint":{},"usage":{usage},"kv_transfer_params":null,"ec_transfer_params":null,"metrics":null}}"#,
                 js(&ctx.id),
                 ctx.created,
                 js(&ctx.model),
