@@ -72,6 +72,22 @@ pub trait Wire: Send {
     fn error_body(&self, message: &str, status: u16, param: Option<&str>) -> String;
 }
 
+/// The opening of a stream chunk up to its `choices` array, the same in vLLM and SGLang:
+/// `{"id":…,"object":…,"created":…,"model":…,"choices":[`.
+pub fn chunk_head(ctx: &Ctx) -> String {
+    let object = if ctx.chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    format!(
+        r#"{{"id":{},"object":"{object}","created":{},"model":{},"choices":["#,
+        js(&ctx.id),
+        ctx.created,
+        js(&ctx.model)
+    )
+}
+
 /// `data: <payload>\n\n`.
 pub fn sse(payload: &str) -> Bytes {
     let mut out = String::with_capacity(payload.len() + 8);

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::mock::wire::{
-    done, http_status_name, js, python_json, sse, ChoiceResult, Ctx, PyValue, Wire,
+    chunk_head, done, http_status_name, js, python_json, sse, ChoiceResult, Ctx, PyValue, Wire,
 };
 use crate::openai::FinishReason;
 
@@ -35,20 +35,6 @@ fn matched_stop(finish: FinishReason) -> String {
 }
 
 impl Sglang {
-    fn head(ctx: &Ctx) -> String {
-        let object = if ctx.chat {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
-        format!(
-            r#"{{"id":{},"object":"{object}","created":{},"model":{},"choices":["#,
-            js(&ctx.id),
-            ctx.created,
-            js(&ctx.model)
-        )
-    }
-
     fn usage_object(ctx: &Ctx, completion: u64) -> String {
         let details = match ctx.cached_tokens {
             Some(cached) => format!(r#"{{"cached_tokens":{cached}}}"#),
@@ -80,7 +66,7 @@ impl Wire for Sglang {
             .map(|index| {
                 sse(&format!(
                     r#"{}{{"index":{index},"delta":{{"reasoning_content":null,"role":"assistant","content":""}},"logprobs":null,"finish_reason":null,"matched_stop":null}}]{}}}"#,
-                    Self::head(ctx),
+                    chunk_head(ctx),
                     Self::chunk_usage(ctx, 0)
                 ))
             })
@@ -105,7 +91,7 @@ impl Wire for Sglang {
             }
             return vec![sse(&format!(
                 r#"{}{{"index":{index},"delta":{{"reasoning_content":null,"content":{}}},"logprobs":null,"finish_reason":null,"matched_stop":null}}]{}}}"#,
-                Self::head(ctx),
+                chunk_head(ctx),
                 js(text),
                 Self::chunk_usage(ctx, so_far)
             ))];
@@ -116,7 +102,7 @@ impl Wire for Sglang {
         };
         vec![sse(&format!(
             r#"{}{{"index":{index},"text":{},"logprobs":null,"finish_reason":{reason},"matched_stop":{stop}}}]{}}}"#,
-            Self::head(ctx),
+            chunk_head(ctx),
             js(text),
             Self::chunk_usage(ctx, so_far)
         ))]
@@ -128,7 +114,7 @@ impl Wire for Sglang {
             .map(|(index, finish)| {
                 sse(&format!(
                     r#"{}{{"index":{index},"delta":{{"reasoning_content":null}},"logprobs":null,"finish_reason":"{}","matched_stop":{}}}]}}"#,
-                    Self::head(ctx),
+                    chunk_head(ctx),
                     finish.as_str(),
                     matched_stop(finish)
                 ))
@@ -138,7 +124,7 @@ impl Wire for Sglang {
             let completion: u64 = results.iter().map(|r| r.tokens).sum();
             out.push(sse(&format!(
                 r#"{}],"usage":{}}}"#,
-                Self::head(ctx),
+                chunk_head(ctx),
                 Self::usage_object(ctx, completion)
             )));
         }

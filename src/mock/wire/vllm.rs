@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use crate::mock::wire::{
-    done, js, python_json, sse, vllm_error_type, ChoiceResult, Ctx, PyValue, Wire,
+    chunk_head, done, js, python_json, sse, vllm_error_type, ChoiceResult, Ctx, PyValue, Wire,
 };
 use crate::openai::FinishReason;
 
@@ -14,20 +14,6 @@ use crate::openai::FinishReason;
 pub struct Vllm;
 
 impl Vllm {
-    fn head(ctx: &Ctx) -> String {
-        let object = if ctx.chat {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
-        format!(
-            r#"{{"id":{},"object":"{object}","created":{},"model":{},"choices":["#,
-            js(&ctx.id),
-            ctx.created,
-            js(&ctx.model)
-        )
-    }
-
     /// The per-chunk usage of `continuous_usage_stats` (only with `include_usage`, as in vLLM).
     fn chunk_usage(ctx: &Ctx, completion: u64) -> String {
         if ctx.include_usage && ctx.continuous_usage {
@@ -75,7 +61,7 @@ impl Wire for Vllm {
             .map(|index| {
                 sse(&format!(
                     r#"{}{{"index":{index},"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}]{},"prompt_token_ids":null,"prompt_text":null}}"#,
-                    Self::head(ctx),
+                    chunk_head(ctx),
                     Self::chunk_usage(ctx, 0)
                 ))
             })
@@ -115,7 +101,7 @@ impl Wire for Vllm {
         };
         vec![sse(&format!(
             "{}{choice}]{}{fingerprint}}}",
-            Self::head(ctx),
+            chunk_head(ctx),
             Self::chunk_usage(ctx, so_far)
         ))]
     }
@@ -126,7 +112,7 @@ impl Wire for Vllm {
             let completion: u64 = results.iter().map(|r| r.tokens).sum();
             out.push(sse(&format!(
                 r#"{}],"usage":{},"system_fingerprint":{}}}"#,
-                Self::head(ctx),
+                chunk_head(ctx),
                 Self::usage_object(ctx, completion),
                 js(&ctx.fingerprint)
             )));
