@@ -40,22 +40,32 @@ pub struct Withholder {
 
 impl Withholder {
     /// Takes one upstream frame and the events it completes (`(end offset, action)`, in order),
-    /// queueing the bytes the client should get in `out`.
+    /// queueing the bytes the client should get in `out`. Consecutive released events go out
+    /// as one slice of the frame; nothing is allocated unless an event spans frames or a finish
+    /// chunk is held.
     pub fn frame(&mut self, data: &Bytes, events: &[(usize, Action)], out: &mut VecDeque<Bytes>) {
+        // `run` is the start of a stretch of released events not yet queued.
+        let mut run: Option<usize> = None;
         let mut start = 0;
         for &(end, action) in events {
-            let piece = data.slice(start..end);
-            let mut event: Vec<Bytes> = std::mem::take(&mut self.partial);
-            event.push(piece);
+            if action == Action::Pass && self.partial.is_empty() {
+                run.get_or_insert(start);
+                start = end;
+                continue;
+            }
+            if let Some(from) = run.take() {
+                out.push_back(data.slice(from..start));
+            }
+            let event = self.take_event(data.slice(start..end));
             match action {
-                Action::Pass => out.extend(event),
+                Action::Pass => out.push_back(event),
                 Action::Flush => {
                     out.extend(self.held.drain(..));
-                    out.extend(event);
+                    out.push_back(event);
                 }
-                Action::HoldFinish => self.held.push(concat(&event)),
+                Action::HoldFinish => self.held.push(event),
                 Action::Withhold => {
-                    let fingerprint = fingerprint_of(&concat(&event));
+                    let fingerprint = fingerprint_of(&event);
                     for finish in self.held.drain(..) {
                         out.push_back(match &fingerprint {
                             Some(fp) => with_fingerprint(&finish, fp),
@@ -66,9 +76,23 @@ impl Withholder {
             }
             start = end;
         }
+        if let Some(from) = run {
+            out.push_back(data.slice(from..start));
+        }
         if start < data.len() {
             self.partial.push(data.slice(start..));
         }
+    }
+
+    /// A complete event: its bytes from earlier frames (if any) followed by `last`.
+    fn take_event(&mut self, last: Bytes) -> Bytes {
+        if self.partial.is_empty() {
+            return last;
+        }
+        self.partial.push(last);
+        let event = concat(&self.partial);
+        self.partial.clear();
+        event
     }
 
     /// The stream ended: release whatever is held or partial, unchanged.
