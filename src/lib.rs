@@ -25,12 +25,14 @@
 //! - [`replay`]: a backend replaying recorded streams on a schedule (tests, demo);
 //! - [`routing`]: the pure routing algorithms (prefix key, ring, key placement, A/B split);
 //! - [`mock`]: `servelens mock`, a simulated vLLM / SGLang backend;
-//! - [`promtext`]: reading Prometheus text pages (backend scrapes).
+//! - [`promtext`]: reading Prometheus text pages (backend scrapes);
+//! - [`bench`]: `servelens bench`, the experiment runner; [`report`]: `servelens report`.
 //!
 //! `src/main.rs` is a thin clap front; everything runs in-process from the library, which is
 //! how the tests drive it on `127.0.0.1:0` with paused time.
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -40,6 +42,7 @@ pub mod openai;
 pub mod promtext;
 pub mod proxy;
 pub mod replay;
+pub mod report;
 pub mod routing;
 pub mod server;
 pub mod sse;

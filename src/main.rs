@@ -26,6 +26,10 @@ enum Command {
     Demo(DemoArgs),
     /// Run a simulated vLLM or SGLang backend (exact wire formats, latency model, prefix cache).
     Mock(servelens::mock::cli::MockArgs),
+    /// Run an experiment against one or more targets; write results/<run-id>/.
+    Bench(servelens::bench::cli::BenchArgs),
+    /// Re-render a run's summary and report, or compare two runs side by side.
+    Report(servelens::report::cli::ReportArgs),
 }
 
 #[derive(Args)]
@@ -75,6 +79,10 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Mock(args) => Ok(servelens::mock::cli::run(args, shutdown_signal()).await?),
+            Command::Bench(args) => {
+                Ok(servelens::bench::cli::run(args, &mut std::io::stdout()).await?)
+            }
+            Command::Report(args) => Ok(servelens::report::cli::run(args, &mut std::io::stdout())?),
             Command::Demo(args) => {
                 let mut stdout = std::io::stdout();
                 servelens::demo::run(args.requests, &mut stdout).await?;
