@@ -252,6 +252,13 @@ impl Framework {
             Self::Openai => "openai",
         }
     }
+
+    /// Whether asking this backend for `include_usage` leaves every event the client would see
+    /// unchanged. Not so for llama.cpp, which then moves `timings` from the finish chunk to the
+    /// usage chunk; it needs no asking either, as `timings` carries exact token counts.
+    pub fn usage_injection_is_invisible(self) -> bool {
+        !matches!(self, Self::Llamacpp)
+    }
 }
 
 /// How a pool picks a replica.

@@ -755,12 +755,28 @@ async fn llamacpp_streams_through_the_gateway() {
         );
         let record = gw.record().await;
         assert_eq!(record.outcome, Outcome::Completed);
-        counts.insert(include_usage, record.measurements.output_tokens);
+        // Never asked for usage (that would move `timings`), yet counted exactly from `timings`.
+        assert!(!record.usage_injected, "llama.cpp is never asked for usage");
+        assert!(
+            !record.measurements.output_tokens_estimated,
+            "include_usage {include_usage}: counts come from the engine, not estimated"
+        );
+        counts.insert(
+            include_usage,
+            (
+                record.measurements.prompt_tokens,
+                record.measurements.output_tokens,
+            ),
+        );
         if include_usage {
             let usage = usage_of(&direct).expect("usage");
             assert_eq!(
                 record.measurements.output_tokens,
                 usage["completion_tokens"].as_u64()
+            );
+            assert_eq!(
+                record.measurements.prompt_tokens,
+                usage["prompt_tokens"].as_u64()
             );
         }
     }

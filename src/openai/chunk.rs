@@ -157,7 +157,7 @@ pub fn classify(payload: &[u8]) -> Payload {
     }
     let mut info = ChunkInfo {
         choices: view.choices.as_ref().map(|c| c.count),
-        usage: view.usage.map(UsageView::into_usage),
+        usage: merge_timings(view.usage.map(UsageView::into_usage), view.timings),
         ..ChunkInfo::default()
     };
     if let Some(choices) = view.choices {
@@ -202,6 +202,43 @@ struct ChunkView<'a> {
     output_ids: Option<SeqLen>,
     #[serde(default)]
     meta_info: Option<MetaInfo>,
+    #[serde(default)]
+    timings: Option<Timings>,
+}
+
+/// llama.cpp's non-standard `timings` object, on the last chunk of every stream (and on the
+/// usage chunk when there is one): its token counts are exact, so a llama.cpp stream is counted
+/// without asking for `include_usage` (which would move `timings` to a new event).
+#[derive(Deserialize)]
+struct Timings {
+    /// Prompt tokens served from the slot's cache.
+    #[serde(default)]
+    cache_n: Option<u64>,
+    /// Prompt tokens evaluated (excludes `cache_n`).
+    #[serde(default)]
+    prompt_n: Option<u64>,
+    /// Generated tokens.
+    #[serde(default)]
+    predicted_n: Option<u64>,
+}
+
+/// `usage` as reported, completed from llama.cpp `timings` where it is missing.
+fn merge_timings(usage: Option<Usage>, timings: Option<Timings>) -> Option<Usage> {
+    let Some(t) = timings else {
+        return usage;
+    };
+    let prompt = t.prompt_n.map(|p| p + t.cache_n.unwrap_or(0));
+    let mut merged = usage.unwrap_or_default();
+    merged.prompt_tokens = merged.prompt_tokens.or(prompt);
+    merged.completion_tokens = merged.completion_tokens.or(t.predicted_n);
+    merged.cached_tokens = merged.cached_tokens.or(t.cache_n);
+    merged.total_tokens = merged.total_tokens.or_else(|| {
+        merged
+            .prompt_tokens
+            .zip(merged.completion_tokens)
+            .map(|(p, c)| p + c)
+    });
+    Some(merged)
 }
 
 #[derive(Deserialize)]
@@ -403,6 +440,31 @@ mod tests {
     fn escaped_content_counts() {
         assert!(chunk(r#"{"choices":[{"delta":{"content":"\n"}}]}"#).content);
         assert!(chunk(r#"{"choices":[{"text":"\u0026"}]}"#).content);
+    }
+
+    #[test]
+    fn llamacpp_timings_give_usage_when_it_is_missing() {
+        let Payload::Chunk(info) = classify(
+            br#"{"choices":[{"finish_reason":"length","index":0,"delta":{}}],"object":"chat.completion.chunk","timings":{"cache_n":3,"prompt_n":9,"prompt_ms":1.5,"predicted_n":12,"predicted_ms":30.0}}"#,
+        ) else {
+            panic!("a chunk");
+        };
+        assert!(!info.is_usage_only());
+        let usage = info.usage.unwrap_or_default();
+        assert_eq!(usage.prompt_tokens, Some(12));
+        assert_eq!(usage.cached_tokens, Some(3));
+        assert_eq!(usage.completion_tokens, Some(12));
+        assert_eq!(usage.total_tokens, Some(24));
+        // Where `usage` is present it wins; `timings` only fills the gaps.
+        let Payload::Chunk(info) = classify(
+            br#"{"choices":[],"usage":{"completion_tokens":10,"prompt_tokens":20,"total_tokens":30},"timings":{"cache_n":4,"prompt_n":16,"predicted_n":10}}"#,
+        ) else {
+            panic!("a chunk");
+        };
+        let usage = info.usage.unwrap_or_default();
+        assert_eq!(usage.prompt_tokens, Some(20));
+        assert_eq!(usage.cached_tokens, Some(4));
+        assert!(info.is_usage_only());
     }
 
     #[test]

@@ -301,11 +301,12 @@ impl Gateway {
         attempt.labels.arm = choice.arm.clone();
         attempt.labels.framework = Some(choice.pool.framework);
         let key = choice.pool.routing_key(&inference, &parts.headers);
-        let injected = if snapshot.inject_usage {
-            usage::inject_include_usage(&body, &inference)
-        } else {
-            None
-        };
+        let injected =
+            if snapshot.inject_usage && choice.pool.framework.usage_injection_is_invisible() {
+                usage::inject_include_usage(&body, &inference)
+            } else {
+                None
+            };
         let mirror = choice
             .route
             .mirror

@@ -94,26 +94,40 @@ fn no_data(area: &Area<'_>, title: &str) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
+/// Each non-empty series' values in ms, sorted ascending.
+fn sorted_series(series: &[Series]) -> Vec<(String, Vec<f64>)> {
+    series
+        .iter()
+        .map(|s| (s.name.clone(), sorted_ms(&s.values)))
+        .filter(|(_, v)| !v.is_empty())
+        .collect()
+}
+
+/// The x range drawn for sorted series: smallest value to the largest p99.5 (so one outlier does
+/// not flatten the chart); `None` when there is nothing to draw.
+fn shown_range(sorted: &[(String, Vec<f64>)]) -> Option<(f64, f64)> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let lo = sorted
+        .iter()
+        .map(|(_, v)| v[0])
+        .fold(f64::INFINITY, f64::min);
+    let hi = sorted
+        .iter()
+        .map(|(_, v)| percentile_sorted(v, 0.995))
+        .fold(f64::NEG_INFINITY, f64::max);
+    Some((lo, hi))
+}
+
 /// Empirical CDF of `series` (seconds, drawn in ms); the x axis stops at the largest p99.5 so
 /// one outlier does not flatten the curves.
 pub fn cdf(title: &str, x_desc: &str, series: &[Series]) -> String {
     render(title, |area| {
-        let sorted: Vec<(String, Vec<f64>)> = series
-            .iter()
-            .map(|s| (s.name.clone(), sorted_ms(&s.values)))
-            .filter(|(_, v)| !v.is_empty())
-            .collect();
-        if sorted.is_empty() {
+        let sorted = sorted_series(series);
+        let Some((lo, hi)) = shown_range(&sorted) else {
             return no_data(area, title);
-        }
-        let lo = sorted
-            .iter()
-            .map(|(_, v)| v[0])
-            .fold(f64::INFINITY, f64::min);
-        let hi = sorted
-            .iter()
-            .map(|(_, v)| percentile_sorted(v, 0.995))
-            .fold(f64::NEG_INFINITY, f64::max);
+        };
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 20))
             .margin(12)
@@ -153,22 +167,10 @@ pub fn cdf(title: &str, x_desc: &str, series: &[Series]) -> String {
 /// p99.5; bars of several targets overlap, translucent.
 pub fn histogram(title: &str, x_desc: &str, series: &[Series], bins: usize) -> String {
     render(title, |area| {
-        let sorted: Vec<(String, Vec<f64>)> = series
-            .iter()
-            .map(|s| (s.name.clone(), sorted_ms(&s.values)))
-            .filter(|(_, v)| !v.is_empty())
-            .collect();
-        if sorted.is_empty() {
+        let sorted = sorted_series(series);
+        let Some((lo, hi)) = shown_range(&sorted) else {
             return no_data(area, title);
-        }
-        let lo = sorted
-            .iter()
-            .map(|(_, v)| v[0])
-            .fold(f64::INFINITY, f64::min);
-        let hi = sorted
-            .iter()
-            .map(|(_, v)| percentile_sorted(v, 0.995))
-            .fold(f64::NEG_INFINITY, f64::max);
+        };
         let bins = bins.max(1);
         let width = ((hi - lo) / bins as f64).max(1e-9);
         let counts: Vec<Vec<f64>> = sorted
