@@ -266,8 +266,9 @@ fn as_without_usage(engine: &str) -> String {
     out
 }
 
-/// The content text and the non-content events of a stream: what two runs of one
-/// deterministic request share even when vLLM merged tokens into events differently.
+/// The content text and the non-content events (with their text emptied) of a stream: what two
+/// runs of one deterministic request share even when vLLM merged tokens into events differently,
+/// including into the finish chunk.
 fn text_and_shape(stream: &str) -> (String, Vec<String>) {
     let mut text = String::new();
     let mut others = Vec::new();
@@ -276,21 +277,50 @@ fn text_and_shape(stream: &str) -> (String, Vec<String>) {
         .filter_map(|e| e.strip_prefix("data: "))
     {
         match serde_json::from_str::<serde_json::Value>(payload) {
-            Ok(v) => {
-                let c = &v["choices"][0];
-                let piece = c["delta"]["content"]
-                    .as_str()
-                    .or_else(|| c["text"].as_str());
-                if let (Some(piece), true) = (piece, c["finish_reason"].is_null()) {
-                    text.push_str(piece);
-                } else {
-                    others.push(normalized(payload));
+            Ok(mut v) => {
+                let finishing = v
+                    .pointer("/choices/0/finish_reason")
+                    .is_some_and(|f| !f.is_null());
+                let slot = ["/choices/0/delta/content", "/choices/0/text"]
+                    .iter()
+                    .find(|p| v.pointer(p).is_some_and(|t| t.is_string()))
+                    .and_then(|p| v.pointer_mut(p));
+                if let Some(slot) = slot {
+                    // The text joins the rest, whichever event vLLM put it in.
+                    text.push_str(slot.as_str().unwrap_or_default());
+                    *slot = serde_json::Value::String(String::new());
+                    if !finishing {
+                        continue;
+                    }
                 }
+                others.push(normalized(&v.to_string()));
             }
             Err(_) => others.push(payload.to_string()),
         }
     }
     (text, others)
+}
+
+#[test]
+fn text_and_shape_ignores_where_vllm_merged_tokens() {
+    let event = |text: &str, finish: &str| {
+        format!(
+            r#"data: {{"id":"x","object":"text_completion","created":1,"model":"tiny","choices":[{{"index":0,"text":"{text}","finish_reason":{finish}}}]}}"#
+        ) + "\n\n"
+    };
+    let usage = "data: {\"choices\":[],\"usage\":{\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+    let a = event(" a", "null") + &event(" wh", "null") + &event("et", r#""length""#) + usage;
+    let b = event(" a", "null") + &event(" whet", r#""length""#) + usage;
+    assert_eq!(text_and_shape(&a), text_and_shape(&b));
+    assert_eq!(text_and_shape(&a).0, " a whet");
+    let other = event(" a", "null") + &event(" what", r#""length""#) + usage;
+    assert_ne!(text_and_shape(&a), text_and_shape(&other), "different text");
+    let stopped = event(" a", "null") + &event(" whet", r#""stop""#) + usage;
+    assert_ne!(
+        text_and_shape(&a),
+        text_and_shape(&stopped),
+        "different finish"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
