@@ -1,156 +1,315 @@
-//! `servelens demo`: the whole gateway story on one machine with nothing to set up.
+//! `servelens demo`: the whole story on one machine with nothing to set up.
 //!
-//! Starts a backend replaying a recorded vLLM stream on a schedule, a gateway in front of it on
-//! free ports, sends a few streaming chat requests through the gateway, and prints what the
-//! gateway measured for each (TTFB, TTFT, ITL, tokens, outcome) plus a `/metrics` excerpt.
+//! ```text
+//!                      ┌─► gateway (round_robin) ─► 4 simulated vLLM replicas
+//! servelens bench ─────┤
+//!  shared_prefix       └─► gateway (prefix_hash) ─► 4 simulated vLLM replicas
+//! ```
+//!
+//! Starts two fleets of simulated vLLM replicas ([`crate::mock`], in process, on free ports), a
+//! gateway in front of each (one routing round robin, one by prompt prefix), runs one
+//! shared-prefix experiment ([`crate::bench`]) through both with identical requests, and prints
+//! the client-side latencies side by side, the prefix-cache hit ratio and the load on each
+//! replica, and where the results and the HTML report were written.
+//!
+//! Each replica's KV cache holds about half of the system prompts, so the fleet can keep every
+//! prompt cached only when each prompt lives on one replica: round robin keeps re-computing
+//! prefills, prefix routing does not.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use crate::bench::experiment::Experiment;
+use crate::bench::{BenchError, Finished, RunOptions};
+use crate::config::{BackendSpec, Framework, GatewayConfig, Policy, PoolConfig, RouteConfig};
+use crate::gateway::{self, RunningGateway};
+use crate::mock::{MockConfig, MockFramework, MockServer};
+use crate::promtext::Scrape;
+use crate::report::files;
 
-use crate::config::{Framework, GatewayConfig};
-use crate::gateway;
-use crate::replay::{ReplayServer, Script};
-use crate::telemetry::RequestRecord;
+/// The model every replica serves.
+const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+/// Replicas behind each gateway.
+const REPLICAS: usize = 4;
+/// Tokens of each system prompt.
+const PREFIX_TOKENS: u32 = 2000;
+/// KV blocks (16 tokens) per replica: room for about half of the default eight system prompts.
+const CACHE_BLOCKS: usize = 560;
 
-/// A vLLM chat stream with `include_usage` (5 content events, 8 tokens).
-const STREAM: &[u8] = include_bytes!("../tests/fixtures/vllm_chat_stream_usage.sse");
+/// What the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Distinct system prompts.
+    pub prompts: u32,
+    /// Questions asked under each system prompt.
+    pub questions: u32,
+    /// Requests in flight.
+    pub concurrency: u32,
+    /// Parent directory of the run directory.
+    pub out: PathBuf,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            prompts: 8,
+            questions: 8,
+            concurrency: 8,
+            out: PathBuf::from("results"),
+        }
+    }
+}
 
 /// Why the demo failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    /// A local socket could not be opened.
-    #[error("cannot start the demo backend: {0}")]
+    /// A local socket could not be opened, or the output could not be written.
+    #[error("demo: {0}")]
     Io(#[from] std::io::Error),
-    /// The gateway did not start.
+    /// A gateway did not start.
     #[error(transparent)]
     Start(#[from] gateway::StartError),
-    /// The config for the demo was refused (a bug).
+    /// The demo's own configuration was refused (a bug).
+    #[error("demo configuration refused: {0}")]
+    Config(String),
+    /// The experiment failed.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// A request through the gateway failed.
-    #[error("request through the gateway failed: {0}")]
-    Request(String),
+    Bench(#[from] BenchError),
 }
 
-/// Runs the demo, writing its report to `out`.
-pub async fn run(requests: usize, out: &mut impl std::io::Write) -> Result<(), DemoError> {
-    // Each request gets a slightly slower schedule, so the table shows the gateway measuring.
-    let backend = ReplayServer::spawn(|received| {
-        let n = received.body.len() % 7;
-        let first = Duration::from_millis(80 + 10 * n as u64);
-        Script::sse(STREAM, first, Duration::from_millis(15 + n as u64))
-    })
-    .await?;
-    let mut config = GatewayConfig::for_upstreams(&[backend.url()], Framework::Vllm)?;
-    config.server.listen = ([127, 0, 0, 1], 0).into();
-    config.server.admin = ([127, 0, 0, 1], 0).into();
-    let running = gateway::start(config).await?;
-    let mut records = running.gateway.telemetry().subscribe();
-    writeln!(out, "servelens demo")?;
-    writeln!(
-        out,
-        "  backend (replaying a recorded vLLM stream): {}",
-        backend.url()
-    )?;
-    writeln!(
-        out,
-        "  gateway: {}   admin: {}/metrics",
-        running.url(),
-        running.admin_url()
-    )?;
-    writeln!(out)?;
+/// One gateway and the replicas behind it.
+struct Fleet {
+    policy: Policy,
+    replicas: Vec<MockServer>,
+    gateway: RunningGateway,
+}
 
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut finished: Vec<Arc<RequestRecord>> = Vec::new();
-    for i in 0..requests {
-        let body = format!(
-            r#"{{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{{"role":"user","content":"Say hello, politely.{}"}}],"stream":true}}"#,
-            " ".repeat(i)
-        );
-        let request = Request::post(format!("{}/v1/chat/completions", running.url()))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| DemoError::Request(e.to_string()))?;
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| DemoError::Request(e.to_string()))?;
-        if response.status() != StatusCode::OK {
-            return Err(DemoError::Request(format!("status {}", response.status())));
+impl Fleet {
+    async fn start(policy: Policy) -> Result<Self, DemoError> {
+        let mut replicas = Vec::with_capacity(REPLICAS);
+        for i in 0..REPLICAS {
+            let mut config = MockConfig::local(MockFramework::Vllm);
+            config.model = MODEL.into();
+            config.replica_id = i as u32;
+            config.cache.capacity_blocks = CACHE_BLOCKS;
+            replicas.push(MockServer::spawn(config).await?);
         }
-        response
-            .into_body()
+        let backends = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| BackendSpec::Named {
+                name: format!("replica-{i}"),
+                url: r.url(),
+            })
+            .collect();
+        let mut pool = PoolConfig::new(Framework::Vllm, backends);
+        pool.policy = policy;
+        let mut config = GatewayConfig::default();
+        config.pools.insert("vllm".into(), pool);
+        config.routes.push(RouteConfig::to_pool(MODEL, "vllm"));
+        config.server.listen = ([127, 0, 0, 1], 0).into();
+        config.server.admin = ([127, 0, 0, 1], 0).into();
+        config
+            .validate()
+            .map_err(|e| DemoError::Config(e.to_string()))?;
+        let gateway = gateway::start(config).await?;
+        Ok(Self {
+            policy,
+            replicas,
+            gateway,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        self.policy.as_str()
+    }
+
+    /// Requests each replica served, from the gateway's own `/metrics`.
+    fn requests_per_replica(&self) -> Vec<u64> {
+        let page = Scrape::parse(&self.gateway.gateway.telemetry().metrics.render()).ok();
+        (0..self.replicas.len())
+            .map(|i| {
+                let backend = format!("replica-{i}");
+                page.as_ref()
+                    .and_then(|p| p.sum("servelens_requests_total", &[("backend", &backend)]))
+                    .map_or(0, |v| v as u64)
+            })
             .collect()
-            .await
-            .map_err(|e| DemoError::Request(e.to_string()))?;
-        match tokio::time::timeout(Duration::from_secs(5), records.recv()).await {
-            Ok(Ok(record)) => finished.push(record),
-            _ => return Err(DemoError::Request("no record was written".into())),
+    }
+
+    /// This fleet's part of the demo's outcome.
+    fn report(&self, finished: &Finished) -> FleetReport {
+        FleetReport {
+            policy: self.policy,
+            prefix_cache_hit_ratio: finished
+                .summary
+                .backends
+                .iter()
+                .find(|b| b.name == self.name())
+                .and_then(|b| b.prefix_cache_hit_ratio),
+            requests_per_replica: self.requests_per_replica(),
         }
     }
-    out.write_all(table(&finished).as_bytes())?;
-    writeln!(out)?;
-    let metrics = running.gateway.telemetry().metrics.render();
-    writeln!(
-        out,
-        "A few of the series on {}/metrics:",
-        running.admin_url()
-    )?;
-    for line in metrics.lines().filter(|l| {
-        l.starts_with("servelens_requests_total")
-            || l.starts_with("servelens_output_tokens_total")
-            || l.starts_with("servelens_time_to_first_token_seconds_count")
-            || l.starts_with("servelens_time_to_first_token_seconds_sum")
-    }) {
-        writeln!(out, "  {line}")?;
+
+    async fn stop(self) {
+        self.gateway.shutdown().await;
+        for replica in self.replicas {
+            replica.shutdown().await;
+        }
     }
-    running.shutdown().await;
-    Ok(())
 }
 
-/// The per-request table.
-pub fn table(records: &[Arc<RequestRecord>]) -> String {
-    let ms = |d: Option<Duration>| {
-        d.map_or("-".to_string(), |d| format!("{:.1}", d.as_secs_f64() * 1e3))
-    };
-    let mut s = String::new();
+/// What one gateway's fleet did during the demo.
+#[derive(Debug, Clone)]
+pub struct FleetReport {
+    /// The gateway's pool policy.
+    pub policy: Policy,
+    /// Prompt tokens served from cache over the run (the gateway's cached / prompt tokens).
+    pub prefix_cache_hit_ratio: Option<f64>,
+    /// Requests each replica served.
+    pub requests_per_replica: Vec<u64>,
+}
+
+/// What the demo did.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    /// The run directory (`summary.json`, `requests.jsonl`, `report.html`, ...).
+    pub dir: PathBuf,
+    /// One entry per gateway, round robin first.
+    pub fleets: Vec<FleetReport>,
+}
+
+/// Runs the demo, writing what it shows to `out`.
+pub async fn run(
+    options: DemoOptions,
+    out: &mut impl std::io::Write,
+) -> Result<DemoReport, DemoError> {
+    let fleets = [
+        Fleet::start(Policy::RoundRobin).await?,
+        Fleet::start(Policy::PrefixHash).await?,
+    ];
+    writeln!(out, "servelens demo")?;
+    for fleet in &fleets {
+        writeln!(
+            out,
+            "  gateway {:<12} {}  (metrics {}/metrics) -> {} simulated vLLM replicas",
+            fleet.name(),
+            fleet.gateway.url(),
+            fleet.gateway.admin_url(),
+            fleet.replicas.len(),
+        )?;
+    }
+    writeln!(
+        out,
+        "  workload: {} system prompts of {PREFIX_TOKENS} tokens x {} questions, {} in flight, \
+         the same requests through each gateway\n",
+        options.prompts, options.questions, options.concurrency
+    )?;
+    let experiment = experiment(&options, &fleets)?;
+    let finished = crate::bench::run(
+        experiment,
+        RunOptions {
+            run_id: None,
+            progress: true,
+        },
+    )
+    .await;
+    let report = finished.map(|f| {
+        let report = DemoReport {
+            dir: f.dir.clone(),
+            fleets: fleets.iter().map(|fleet| fleet.report(&f)).collect(),
+        };
+        (summary(&f, &report), report)
+    });
+    for fleet in fleets {
+        fleet.stop().await;
+    }
+    let (shown, report) = report?;
+    out.write_all(shown.as_bytes())?;
+    Ok(report)
+}
+
+/// The experiment: one target per fleet, each gateway's `/metrics` scraped around the run.
+fn experiment(options: &DemoOptions, fleets: &[Fleet]) -> Result<Experiment, DemoError> {
+    let mut text = format!(
+        "name = \"demo\"\nmodel = \"{MODEL}\"\nout = {out}\nwarmup = 0\nseed = 7\n\
+         [lengths.output]\ndist = \"fixed\"\ntokens = 24\n\
+         [extra_body]\nignore_eos = true\n\
+         [workload]\nkind = \"shared_prefix\"\nprefixes = {}\nquestions = {}\nconcurrency = {}\n\
+         prefix = {{ dist = \"fixed\", tokens = {PREFIX_TOKENS} }}\n",
+        options.prompts,
+        options.questions,
+        options.concurrency,
+        out = toml::Value::String(options.out.display().to_string()),
+    );
+    for fleet in fleets {
+        let _ = write!(
+            text,
+            "[[targets]]\nname = \"{name}\"\nurl = \"{url}\"\n\
+             [[scrape.endpoints]]\nname = \"{name}\"\nurl = \"{admin}/metrics\"\n",
+            name = fleet.name(),
+            url = fleet.gateway.url(),
+            admin = fleet.gateway.admin_url(),
+        );
+    }
+    Experiment::from_toml(&text).map_err(|e| DemoError::Config(e.to_string()))
+}
+
+/// What the demo prints at the end: the bench summary, the comparison, routing, and the files.
+fn summary(finished: &Finished, report: &DemoReport) -> String {
+    let mut s = finished.summary.table();
+    for c in &finished.comparisons {
+        let _ = write!(s, "\n{}", c.table());
+    }
     let _ = writeln!(
         s,
-        "{:<4} {:<18} {:>9} {:>9} {:>12} {:>9} {:>8} {:>7}  outcome",
-        "#", "backend", "TTFB ms", "TTFT ms", "ITL mean ms", "E2E ms", "tokens", "chunks"
+        "\n{:<12} {:>16} {:>22}  requests per replica",
+        "gateway", "prefix-cache hit", "max/mean per replica"
     );
-    for (i, r) in records.iter().enumerate() {
-        let m = &r.measurements;
-        let itl_mean = (!m.itl.is_empty()).then(|| {
-            m.itl.iter().sum::<Duration>() / u32::try_from(m.itl.len()).unwrap_or(u32::MAX)
-        });
-        let tokens = m.output_tokens.map_or("-".into(), |t| {
-            if m.output_tokens_estimated {
-                format!("~{t}")
-            } else {
-                t.to_string()
-            }
-        });
+    for fleet in &report.fleets {
+        let hit = fleet
+            .prefix_cache_hit_ratio
+            .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
         let _ = writeln!(
             s,
-            "{:<4} {:<18} {:>9} {:>9} {:>12} {:>9} {:>8} {:>7}  {}",
-            i + 1,
-            r.labels.backend,
-            ms(m.ttfb),
-            ms(m.ttft),
-            ms(itl_mean),
-            ms(Some(m.e2e)),
-            tokens,
-            m.chunks,
-            r.outcome.as_str(),
+            "{:<12} {:>16} {:>22.2}  {:?}",
+            fleet.policy.as_str(),
+            hit,
+            max_over_mean(&fleet.requests_per_replica),
+            fleet.requests_per_replica
         );
     }
+    let _ = writeln!(s);
+    for name in [files::SUMMARY, files::REQUESTS, files::REPORT] {
+        let _ = writeln!(s, "wrote {}", finished.dir.join(name).display());
+    }
+    let _ = writeln!(
+        s,
+        "\nopen {} in a browser for the charts; `servelens report {}` re-renders it",
+        finished.dir.join(files::REPORT).display(),
+        finished.dir.display()
+    );
     s
+}
+
+/// Largest over mean (1.0 is perfectly even; 0 when nothing was sent).
+pub fn max_over_mean(counts: &[u64]) -> f64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let max = counts.iter().copied().max().unwrap_or(0) as f64;
+    max * counts.len() as f64 / total as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_over_mean;
+
+    #[test]
+    fn max_over_mean_of_even_and_skewed_loads() {
+        assert_eq!(max_over_mean(&[16, 16, 16, 16]), 1.0);
+        assert_eq!(max_over_mean(&[32, 16, 8, 8]), 2.0);
+        assert_eq!(max_over_mean(&[0, 0]), 0.0);
+    }
 }

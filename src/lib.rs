@@ -22,7 +22,7 @@
 //! - [`config`]: typed TOML configuration; [`error`]: request-path errors and their statuses;
 //! - [`server`]: the accept loop; [`admin`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`gateway`]: `servelens serve` as a library call; [`demo`]: `servelens demo`;
-//! - [`replay`]: a backend replaying recorded streams on a schedule (tests, demo);
+//! - [`replay`]: a backend replaying recorded streams on a schedule (tests);
 //! - [`routing`]: the pure routing algorithms (prefix key, ring, key placement, A/B split);
 //! - [`mock`]: `servelens mock`, a simulated vLLM / SGLang backend;
 //! - [`promtext`]: reading Prometheus text pages (backend scrapes);

@@ -57,20 +57,34 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct DemoArgs {
-    /// How many requests to send.
-    #[arg(long, default_value_t = 5)]
-    requests: usize,
+    /// Distinct system prompts (of 2,000 tokens each).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    prompts: u32,
+    /// Questions asked under each system prompt.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    questions: u32,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// Where the run directory (results, report.html) goes.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo's in-process servers would otherwise fill the screen with their start-up lines.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "servelens=warn",
+        _ => "servelens=info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "servelens=info".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,7 +99,13 @@ fn main() -> anyhow::Result<()> {
             Command::Report(args) => Ok(servelens::report::cli::run(args, &mut std::io::stdout())?),
             Command::Demo(args) => {
                 let mut stdout = std::io::stdout();
-                servelens::demo::run(args.requests, &mut stdout).await?;
+                let options = servelens::demo::DemoOptions {
+                    prompts: args.prompts,
+                    questions: args.questions,
+                    concurrency: args.concurrency,
+                    out: args.out,
+                };
+                servelens::demo::run(options, &mut stdout).await?;
                 Ok(())
             }
         }

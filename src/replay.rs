@@ -1,8 +1,8 @@
 //! A backend that replays recorded responses byte for byte on a fixed schedule.
 //!
 //! Used by the integration tests (the fixtures in `tests/fixtures/` are real or reconstructed
-//! vLLM/SGLang/TGI/... streams) and by the quick `servelens demo`. Each request is answered by a
-//! caller-supplied function returning a [`Script`]: status, headers and body pieces, each with
+//! vLLM/SGLang/TGI/... streams). Each request is answered by a caller-supplied function
+//! returning a [`Script`]: status, headers and body pieces, each with
 //! the offset from the request's arrival at which it is written. Under paused tokio time the
 //! offsets are exact, so a test can assert the gateway measured precisely the scripted TTFT/ITL.
 //!
