@@ -145,7 +145,12 @@ pub fn classify(payload: &[u8]) -> Payload {
     if payload == b"[DONE]" {
         return Payload::Done;
     }
-    let Ok(view) = serde_json::from_slice::<ChunkView<'_>>(payload) else {
+    // One UTF-8 check of the whole payload (fast on ASCII) lets serde_json skip validating
+    // every key and borrowed value on its own.
+    let Ok(payload) = std::str::from_utf8(payload) else {
+        return Payload::Other;
+    };
+    let Ok(view) = serde_json::from_str::<ChunkView<'_>>(payload) else {
         return Payload::Other;
     };
     if view.error.is_some() && view.choices.is_none() {
