@@ -1,5 +1,5 @@
-//! Step 3, *forward*: send the request bytes to the chosen replica over the pool's keep-alive
-//! client and wait (bounded) for the response head.
+//! Step 3, *forward*: send the request bytes to the chosen replica over one of its keep-alive
+//! connections ([`upstream`](crate::proxy::upstream)) and wait (bounded) for the response head.
 //!
 //! The body goes out exactly as received (`Full<Bytes>`, a refcount, no copy), so a retry or a
 //! mirror sends the same bytes again. Only the response *head* is awaited here, under
@@ -11,11 +11,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
 use crate::error::GatewayError;
 use crate::proxy::headers;
 use crate::proxy::pool::{Backend, Pool};
+use crate::proxy::upstream::{SendError, UpstreamBody};
 
 /// What is sent upstream, kept whole so a retry or a mirror can send it again.
 #[derive(Debug, Clone)]
@@ -49,54 +49,62 @@ impl Upstream {
     }
 }
 
-/// Sends the request to `backend` and returns its response head and streaming body.
+/// Sends the request to `backend` over one of its keep-alive connections and returns the
+/// response head and a body that streams (and drives the connection).
 pub async fn send(
     pool: &Pool,
     backend: &Backend,
     upstream: &Upstream,
     head_timeout: Duration,
-) -> Result<Response<Incoming>, GatewayError> {
-    let uri = format!("{}{}", backend.base, upstream.path)
+) -> Result<Response<UpstreamBody>, GatewayError> {
+    let path = format!("{}{}", backend.path_prefix, upstream.path);
+    let uri = path
         .parse::<Uri>()
         .map_err(|e| GatewayError::BackendFailed {
             backend: backend.name.to_string(),
             detail: format!("bad upstream URI: {e}"),
         })?;
-    let mut request = Request::new(Full::new(upstream.body.clone()));
-    *request.method_mut() = upstream.method.clone();
-    *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = upstream.headers.clone();
-    if let Some(key) = &pool.api_key {
+    let host = HeaderValue::try_from(backend.authority.as_str()).map_err(|e| {
+        GatewayError::BackendFailed {
+            backend: backend.name.to_string(),
+            detail: format!("bad upstream authority: {e}"),
+        }
+    })?;
+    let build = || {
+        let mut request = Request::new(Full::new(upstream.body.clone()));
+        *request.method_mut() = upstream.method.clone();
+        *request.uri_mut() = uri.clone();
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = upstream.headers.clone();
         request
             .headers_mut()
-            .insert(http::header::AUTHORIZATION, key.clone());
-    }
-    match tokio::time::timeout(head_timeout, pool.client.request(request)).await {
+            .insert(http::header::HOST, host.clone());
+        if let Some(key) = &pool.api_key {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, key.clone());
+        }
+        request
+    };
+    let sent = backend.conns.send(
+        &backend.authority,
+        build,
+        pool.timeouts.connect,
+        pool.max_idle,
+    );
+    match tokio::time::timeout(head_timeout, sent).await {
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) if e.is_connect() => Err(GatewayError::BackendConnect {
+        Ok(Err(SendError::Connect(detail))) => Err(GatewayError::BackendConnect {
             backend: backend.name.to_string(),
-            detail: error_chain(&e),
+            detail,
         }),
-        Ok(Err(e)) => Err(GatewayError::BackendFailed {
+        Ok(Err(SendError::Failed(detail))) => Err(GatewayError::BackendFailed {
             backend: backend.name.to_string(),
-            detail: error_chain(&e),
+            detail,
         }),
         Err(_) => Err(GatewayError::Timeout {
             backend: backend.name.to_string(),
             seconds: head_timeout.as_secs_f64(),
         }),
     }
-}
-
-/// An error and its sources, `: `-joined (hyper's top-level messages alone say little).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

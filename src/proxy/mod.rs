@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | parse | [`request`] | borrow `model`, `stream`, `stream_options` from the body bytes |
 //! | route | [`route`] | model → route → pool → replica (+ in-flight guard) |
-//! | forward | [`forward`] | send the original bytes over the pool's keep-alive client |
+//! | forward | [`forward`] | send the original bytes over a keep-alive [`upstream`] connection |
 //! | tap | [`tap`] | forward frames untouched, time the stream, record once |
 //!
 //! Errors before a response exists become OpenAI-shaped JSON with the right status and are
@@ -22,6 +22,7 @@ pub mod request;
 pub mod route;
 pub mod scrape;
 pub mod tap;
+pub mod upstream;
 pub mod usage;
 pub mod withhold;
 
@@ -33,12 +34,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::proxy::upstream::UpstreamBody;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::config::{BackendAddr, ConfigError, GatewayConfig};
@@ -83,7 +84,7 @@ pub enum ProxyBody {
     /// A body produced by the gateway itself (errors, model list).
     Full(Full<Bytes>),
     /// A backend's body, streaming through the tap.
-    Tap(Box<TapBody<Incoming>>),
+    Tap(Box<TapBody<UpstreamBody>>),
 }
 
 impl Body for ProxyBody {
@@ -356,7 +357,7 @@ impl Gateway {
         &self,
         routed: &Routed,
         attempt: &mut Attempt,
-    ) -> Result<(Response<Incoming>, InflightGuard), GatewayError> {
+    ) -> Result<(Response<UpstreamBody>, InflightGuard), GatewayError> {
         let pool = &routed.pool;
         pool.budget.deposit();
         let mut tried = ReplicaSet::new();

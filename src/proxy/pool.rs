@@ -24,6 +24,7 @@ use crate::config::{
 };
 use crate::error::GatewayError;
 use crate::proxy::request::InferenceRequest;
+use crate::proxy::upstream::ConnPool;
 use crate::routing::affinity::{AffinityTable, Placement, StickyMap};
 use crate::routing::prefix::{prefix_keys, PrefixSpec};
 use crate::routing::ring::{Bound, ReplicaSet, Ring};
@@ -41,6 +42,12 @@ pub struct Backend {
     pub name: Arc<str>,
     /// `http://host:port[/prefix]`; request paths are appended.
     pub base: String,
+    /// `host:port`: where to connect, and the `Host` header.
+    pub authority: String,
+    /// The path prefix of `base` (empty, or `/prefix`), put before every request path.
+    pub path_prefix: String,
+    /// Idle keep-alive connections for the request path.
+    pub conns: Arc<ConnPool>,
     /// Clock origin for the millisecond timestamps below.
     epoch: Instant,
     inflight: AtomicU64,
@@ -120,7 +127,10 @@ impl Backend {
             },
             up_gauge,
             name: Arc::from(addr.name),
+            path_prefix: path_prefix(&addr.base, &addr.authority),
+            authority: addr.authority,
             base: addr.base,
+            conns: Arc::default(),
             epoch,
             inflight: AtomicU64::new(0),
             probe_up: AtomicBool::new(true),
@@ -374,6 +384,13 @@ fn upstream_client(timeouts: &Timeouts, max_idle: usize, http2: bool) -> Upstrea
         .build(connector)
 }
 
+/// The path part of `base` after its `http://authority` (empty when there is none).
+fn path_prefix(base: &str, authority: &str) -> String {
+    base.split_once(authority)
+        .map(|(_, rest)| rest.trim_end_matches('/').to_string())
+        .unwrap_or_default()
+}
+
 // === impl RetryBudget ===
 
 /// Retries as a fraction of requests: each request deposits `ratio` tokens, each retry takes
@@ -464,8 +481,10 @@ pub struct Pool {
     pub timeouts: Timeouts,
     /// `Authorization` sent upstream instead of the client's.
     pub api_key: Option<HeaderValue>,
-    /// Pooled keep-alive connections to the replicas.
+    /// Keep-alive client for probes and model listing (requests use each backend's `conns`).
     pub client: UpstreamClient,
+    /// `max_idle_per_backend`: idle keep-alive connections kept per replica.
+    pub max_idle: usize,
     /// Routing key extent (`prefix_hash`).
     pub prefix: PrefixSpec,
     /// Bounded-loads factor.
@@ -544,6 +563,7 @@ impl Pool {
             timeouts,
             api_key,
             client: registry.client(name, &timeouts, config.max_idle_per_backend, false),
+            max_idle: config.max_idle_per_backend,
             prefix: PrefixSpec {
                 prefix_chars: config.prefix_chars,
                 ..PrefixSpec::default()
