@@ -258,4 +258,36 @@ mod tests {
         let out = decode_in_pieces(&[b"data: {} \n\n"]);
         assert_eq!(out[0].0, data("{} "));
     }
+
+    proptest::proptest! {
+        /// However a stream is cut into frames, the same blocks come out, and nothing panics on
+        /// arbitrary bytes (CR/LF/colons/`data` are over-represented to hit the grammar).
+        #[test]
+        fn any_split_decodes_like_the_whole(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'\n'), proptest::strategy::Just(b'\r'),
+                    proptest::strategy::Just(b':'), proptest::strategy::Just(b' '),
+                    proptest::strategy::Just(b'd'), proptest::strategy::Just(b'a'),
+                    proptest::strategy::Just(b't'), proptest::strategy::Just(b'e'),
+                    proptest::prelude::any::<u8>(),
+                ],
+                0..200,
+            ),
+            cuts in proptest::collection::vec(0usize..200, 0..8),
+        ) {
+            let whole: Vec<Owned> = decode_in_pieces(&[&bytes]).into_iter().map(|(k, _)| k).collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut pieces: Vec<&[u8]> = Vec::new();
+            let mut from = 0;
+            for cut in cuts {
+                pieces.push(&bytes[from..cut]);
+                from = cut;
+            }
+            pieces.push(&bytes[from..]);
+            let split: Vec<Owned> = decode_in_pieces(&pieces).into_iter().map(|(k, _)| k).collect();
+            proptest::prop_assert_eq!(whole, split);
+        }
+    }
 }

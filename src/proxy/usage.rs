@@ -115,4 +115,50 @@ mod tests {
         assert!(inject(r#"{"model":"m","stream":true,"stream_options":null}"#).is_none());
         assert!(inject(r#"{"model":"m","stream":false}"#).is_none());
     }
+
+    proptest::proptest! {
+        /// The one body change the gateway makes keeps the body valid JSON, sets
+        /// `include_usage`, and leaves every other member exactly as it was, whatever the
+        /// client's members, their order, and its whitespace; a client that decided is left
+        /// alone.
+        #[test]
+        fn injection_keeps_json_valid_and_members_intact(
+            others in proptest::collection::btree_map("[a-z_]{1,8}", "[ -~]{0,12}", 0..5),
+            options in proptest::option::of(proptest::collection::btree_map(
+                proptest::prop_oneof!["[a-z]{1,6}", proptest::strategy::Just("include_usage".to_string())],
+                proptest::prelude::any::<bool>(),
+                0..3,
+            )),
+            space in "[ \n\t]{0,3}",
+        ) {
+            let mut members = vec![r#""model":"m""#.to_string(), format!(r#""stream":{space}true"#)];
+            for (key, value) in &others {
+                if !matches!(key.as_str(), "model" | "stream" | "stream_options") {
+                    members.push(format!("{}:{space}{}", serde_json::json!(key), serde_json::json!(value)));
+                }
+            }
+            if let Some(options) = &options {
+                members.push(format!(r#""stream_options":{space}{}"#, serde_json::json!(options)));
+            }
+            let body = format!("{space}{{{space}{}{space}}}", members.join(&format!(",{space}")));
+            let before: serde_json::Value = serde_json::from_str(&body).expect("generated JSON");
+            let decided = options.as_ref().is_some_and(|o| o.contains_key("include_usage"));
+            match inject(&body) {
+                Some(after) => {
+                    let mut after: serde_json::Value = serde_json::from_str(&after)
+                        .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}: {after}")))?;
+                    proptest::prop_assert!(!decided);
+                    proptest::prop_assert_eq!(&after["stream_options"]["include_usage"], &serde_json::json!(true));
+                    // Without the added member, the body is what the client sent.
+                    let added = after["stream_options"].as_object_mut().map(|o| o.remove("include_usage"));
+                    proptest::prop_assert!(added.is_some());
+                    if options.is_none() {
+                        after.as_object_mut().map(|o| o.remove("stream_options"));
+                    }
+                    proptest::prop_assert_eq!(after, before);
+                }
+                None => proptest::prop_assert!(decided),
+            }
+        }
+    }
 }
