@@ -250,3 +250,49 @@ async fn injected_usage_is_invisible_on_vllm_streams() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_gone_before_the_response_head_is_recorded_once_and_the_engine_aborts() {
+    // The engine answers only after 30 s (a long queue or prefill); the client leaves after 1 s.
+    let mock = vllm_mock(|c| c.faults.slow_first_byte = Some(Duration::from_secs(30))).await;
+    let mut gw = TestGateway::start(config_for(&[mock.url()])).await;
+    let body = format!(
+        r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":"hi"}}],"stream":true}}"#
+    );
+    let started = tokio::time::Instant::now();
+    let gave_up = tokio::time::timeout(
+        Duration::from_secs(1),
+        post_stream(&gw.url("/v1/chat/completions"), body),
+    )
+    .await;
+    assert!(gave_up.is_err(), "no response head within 1 s");
+    let record = gw.record().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "recorded when the client left, not when the engine answered: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(record.outcome, Outcome::ClientCancelled);
+    assert_eq!(&*record.labels.pool, "default");
+    assert!(record.measurements.ttft.is_none());
+    // The gateway's connection to the engine is gone, so the engine stops waiting on it.
+    while mock.engine.running() + mock.engine.waiting() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the engine still holds it"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Exactly once: nothing more is recorded when the engine's time would have come.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(gw.records.try_recv().is_err(), "one record per request");
+    let page = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &page,
+            "servelens_requests_total",
+            &[("outcome", "client_cancelled")]
+        ),
+        1.0
+    );
+}

@@ -125,13 +125,51 @@ struct Attempt {
     request_id: HeaderValue,
     labels: RequestLabels,
     model: Option<String>,
+    /// Where the record goes if the request ends here.
+    telemetry: Arc<Telemetry>,
+    /// Nobody has taken over recording yet (neither a refusal nor the tap).
+    open: bool,
 }
 
 impl Attempt {
     fn request_id(&self) -> String {
         self.request_id.to_str().unwrap_or_default().to_string()
     }
+
+    /// Someone else records this request (the tap), or it is not recorded (model list).
+    fn hand_over(&mut self) {
+        self.open = false;
+    }
 }
+
+/// The handler was dropped before a response existed: hyper drops it when the client goes
+/// away while the backend has not answered yet (a queue, a long prefill). Dropping it also
+/// dropped the upstream connection, so the engine aborts; this records the request once.
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        self.telemetry.record(RequestRecord {
+            ts: self.ts,
+            request_id: self.request_id(),
+            model: self.model.take(),
+            labels: self.labels.clone(),
+            status: CLIENT_CLOSED_REQUEST,
+            outcome: Outcome::ClientCancelled,
+            error: None,
+            usage_injected: false,
+            mirrored: false,
+            measurements: Measurements {
+                e2e: self.arrived.elapsed(),
+                ..Measurements::default()
+            },
+        });
+    }
+}
+
+/// Status recorded for a client that left before any response (nginx's convention).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// The request after parsing and routing, ready to be sent.
 struct Routed {
@@ -219,6 +257,8 @@ impl Gateway {
             request_id: headers::request_id(req.headers()),
             labels: RequestLabels::unrouted(Endpoint::ChatCompletions, false),
             model: None,
+            telemetry: self.telemetry.clone(),
+            open: true,
         };
         match self.proxy(req, &mut attempt).await {
             Ok(response) => response,
@@ -240,6 +280,7 @@ impl Gateway {
         let snapshot = self.snapshot.load_full();
         if endpoint == Endpoint::Models {
             let body = models::list(&snapshot.table, self.started).await;
+            attempt.hand_over();
             return Ok(json_response(StatusCode::OK, body, &attempt.request_id));
         }
 
@@ -278,6 +319,7 @@ impl Gateway {
             sse,
             withhold,
         );
+        attempt.hand_over();
         Ok(Response::from_parts(head, ProxyBody::Tap(Box::new(tap))))
     }
 
@@ -476,7 +518,7 @@ impl Gateway {
     }
 
     /// Turns a pre-response failure into its OpenAI-shaped response, and records it.
-    fn reject(&self, err: GatewayError, attempt: Attempt) -> Response<ProxyBody> {
+    fn reject(&self, err: GatewayError, mut attempt: Attempt) -> Response<ProxyBody> {
         let kind = err.kind();
         let status = err.status();
         let outcome = match kind {
@@ -490,11 +532,12 @@ impl Gateway {
             tracing::debug!(request_id = ?attempt.request_id, error = %err, "request refused");
         }
         let request_id = attempt.request_id();
+        attempt.hand_over();
         self.telemetry.record(RequestRecord {
             ts: attempt.ts,
             request_id,
-            model: attempt.model,
-            labels: attempt.labels,
+            model: attempt.model.take(),
+            labels: attempt.labels.clone(),
             status: status.as_u16(),
             outcome,
             error: Some(kind),
