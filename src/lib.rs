@@ -26,6 +26,7 @@
 //! - [`routing`]: the pure routing algorithms (prefix key, ring, key placement, A/B split);
 //! - [`mock`]: `servelens mock`, a simulated vLLM / SGLang backend;
 //! - [`promtext`]: reading Prometheus text pages (backend scrapes);
+//! - [`rng`]: the seeded splitmix64 generator of the mock and the bench;
 //! - [`bench`]: `servelens bench`, the experiment runner; [`report`]: `servelens report`.
 //!
 //! `src/main.rs` is a thin clap front; everything runs in-process from the library, which is
@@ -43,6 +44,7 @@ pub mod promtext;
 pub mod proxy;
 pub mod replay;
 pub mod report;
+pub mod rng;
 pub mod routing;
 pub mod server;
 pub mod sse;

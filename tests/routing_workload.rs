@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use servelens::config::{BackendSpec, GatewayConfig, Policy, PoolConfig, RouteConfig};
-use servelens::mock::text::SplitMix;
 use servelens::mock::{MockConfig, MockFramework, MockServer};
+use servelens::rng::Rng;
 use support::TestGateway;
 use tokio::time::Instant;
 
@@ -51,7 +51,7 @@ fn text(seed: u64, chars: usize) -> String {
         "data", "model", "system", "policy", "cache", "token", "route", "query", "serve", "batch",
         "prefix", "latency",
     ];
-    let mut rng = SplitMix::new(seed);
+    let mut rng = Rng::new(seed);
     let mut out = String::new();
     while out.len() < chars {
         out.push_str(WORDS[(rng.next_u64() % WORDS.len() as u64) as usize]);
@@ -172,7 +172,7 @@ async fn run(router: Router, workload: Workload) -> Report {
             let system_text = text(1000 + system as u64, workload.system_chars);
             let mut messages = vec![serde_json::json!({"role": "system", "content": system_text})];
             // Stagger the start and think between turns, deterministically per conversation.
-            let mut rng = SplitMix::new(c as u64);
+            let mut rng = Rng::new(c as u64);
             tokio::time::sleep(Duration::from_millis(rng.between(0, 400))).await;
             for turn in 0..workload.turns {
                 messages.push(serde_json::json!({"role": "user", "content": text((c * 100 + turn) as u64, workload.user_chars)}));

@@ -2,11 +2,11 @@
 //!
 //! Text is drawn word by word from a fixed vocabulary until it reaches `4 × tokens` bytes (the
 //! usual ~4 characters per token of English BPE vocabularies, and the mock's own rule), so a
-//! requested length is close to what a real tokenizer counts. The generator is splitmix64,
-//! written here rather than taken from `rand` so that a seed gives the same prompts in every
-//! version of servelens (rand's `StdRng` makes no such promise).
+//! requested length is close to what a real tokenizer counts. Randomness is [`crate::rng`]'s
+//! splitmix64, so a seed gives the same prompts in every version of servelens.
 
 use crate::bench::experiment::Length;
+pub use crate::rng::Rng;
 
 /// Bytes of synthetic text per requested token.
 pub const BYTES_PER_TOKEN: usize = 4;
@@ -21,59 +21,6 @@ const WORDS: &[&str] = &[
     "explain", "describe", "compare", "write", "list", "show", "find", "build", "measure", "read",
     "and", "of", "to", "in", "for", "with", "on", "by", "from", "about", "between", "after",
 ];
-
-/// splitmix64: a tiny, well-mixed, portable generator.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A stream from a seed.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// An independent stream for item `index` of stream `stream` under `seed` (so request `i`
-    /// gets the same prompt whatever order requests are dispatched in).
-    pub fn derive(seed: u64, stream: u64, index: u64) -> Self {
-        let mut mix = Self(seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F));
-        let base = mix.next_u64();
-        Self(base ^ index.wrapping_mul(0xE703_7ED1_A0B4_28DB))
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `[0, n)` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            return 0;
-        }
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.unit();
-        let u2 = self.unit();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-
-    /// Exponential with the given rate (mean `1 / rate`).
-    pub fn exponential(&mut self, rate: f64) -> f64 {
-        -(1.0 - self.unit()).ln() / rate
-    }
-}
 
 /// Draws a length from a distribution.
 pub fn sample_length(length: &Length, rng: &mut Rng) -> u32 {

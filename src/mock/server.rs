@@ -385,7 +385,7 @@ fn unix_now() -> u64 {
 }
 
 fn hex16(seed: u64) -> String {
-    format!("{:016x}", crate::mock::text::SplitMix::new(seed).next_u64())
+    format!("{:016x}", crate::rng::Rng::new(seed).next_u64())
 }
 
 // === generation ===

@@ -41,38 +41,12 @@ pub fn count_tokens(text: &str) -> u64 {
     text.len().div_ceil(BYTES_PER_TOKEN) as u64
 }
 
-/// splitmix64: a tiny, well-mixed deterministic generator.
-#[derive(Debug, Clone)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    /// A stream from a seed.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo {
-            return lo;
-        }
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-}
+use crate::rng::Rng;
 
 /// Deterministic text generation for one choice.
 #[derive(Debug, Clone)]
 pub struct Generator {
-    rng: SplitMix,
+    rng: Rng,
 }
 
 impl Generator {
@@ -81,9 +55,7 @@ impl Generator {
         let mut h = xxhash_rust::xxh3::xxh3_64_with_seed(prompt.as_bytes(), server_seed);
         h ^= request_seed.unwrap_or(0).rotate_left(17);
         h ^= u64::from(index).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        Self {
-            rng: SplitMix::new(h),
-        }
+        Self { rng: Rng::new(h) }
     }
 
     /// The natural length of this answer (when the model would emit EOS), in `lo..=hi` tokens.

@@ -150,14 +150,7 @@ pub fn cdf(title: &str, x_desc: &str, series: &[Series]) -> String {
                 .filter(|(k, _)| k % step == 0 || *k + 1 == values.len())
                 .map(|(k, x)| (*x, (k + 1) as f64 / n))
                 .collect();
-            let c = colour(i);
-            chart
-                .draw_series(LineSeries::new(points, c.stroke_width(2)))
-                .map_err(|e| e.to_string())?
-                .label(name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                });
+            line(&mut chart, points, name, i)?;
         }
         legend(&mut chart, SeriesLabelPosition::LowerRight)
     })
@@ -257,14 +250,7 @@ pub fn over_time(title: &str, y_desc: &str, series: &[(String, Vec<(f64, f64)>)]
             .draw()
             .map_err(|e| e.to_string())?;
         for (i, ((name, _), points)) in series.iter().zip(binned).enumerate() {
-            let c = colour(i);
-            chart
-                .draw_series(LineSeries::new(points, c.stroke_width(2)))
-                .map_err(|e| e.to_string())?
-                .label(name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                });
+            line(&mut chart, points, name, i)?;
         }
         legend(&mut chart, SeriesLabelPosition::UpperRight)
     })
@@ -329,6 +315,26 @@ pub fn grouped_bars(
         }
         legend(&mut chart, SeriesLabelPosition::UpperLeft)
     })
+}
+
+/// Draws the `i`-th series as a line in its colour, with its legend entry.
+fn line<'a, 'b: 'a>(
+    chart: &mut ChartContext<
+        'a,
+        SVGBackend<'b>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    points: Vec<(f64, f64)>,
+    name: &str,
+    i: usize,
+) -> Result<(), String> {
+    let c = colour(i);
+    chart
+        .draw_series(LineSeries::new(points, c.stroke_width(2)))
+        .map_err(|e| e.to_string())?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+    Ok(())
 }
 
 fn legend<'a, 'b: 'a>(
