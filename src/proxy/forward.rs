@@ -64,12 +64,13 @@ pub async fn send(
             backend: backend.name.to_string(),
             detail: format!("bad upstream URI: {e}"),
         })?;
-    let host = HeaderValue::try_from(backend.authority.as_str()).map_err(|e| {
-        GatewayError::BackendFailed {
+    let host = backend
+        .host
+        .clone()
+        .ok_or_else(|| GatewayError::BackendFailed {
             backend: backend.name.to_string(),
-            detail: format!("bad upstream authority: {e}"),
-        }
-    })?;
+            detail: format!("bad upstream authority {:?}", backend.authority),
+        })?;
     let build = || {
         let mut request = Request::new(Full::new(upstream.body.clone()));
         *request.method_mut() = upstream.method.clone();

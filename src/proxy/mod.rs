@@ -140,24 +140,19 @@ impl Attempt {
     fn hand_over(&mut self) {
         self.open = false;
     }
-}
 
-/// The handler was dropped before a response existed: hyper drops it when the client goes
-/// away while the backend has not answered yet (a queue, a long prefill). Dropping it also
-/// dropped the upstream connection, so the engine aborts; this records the request once.
-impl Drop for Attempt {
-    fn drop(&mut self) {
-        if !self.open {
-            return;
-        }
+    /// Records the request as ended before any backend response reached the client (a
+    /// refusal, a failure, or the client leaving); nothing records it again.
+    fn record_unanswered(&mut self, status: u16, outcome: Outcome, error: Option<ErrorKind>) {
+        self.open = false;
         self.telemetry.record(RequestRecord {
             ts: self.ts,
             request_id: self.request_id(),
             model: self.model.take(),
             labels: self.labels.clone(),
-            status: CLIENT_CLOSED_REQUEST,
-            outcome: Outcome::ClientCancelled,
-            error: None,
+            status,
+            outcome,
+            error,
             usage_injected: false,
             mirrored: false,
             measurements: Measurements {
@@ -165,6 +160,17 @@ impl Drop for Attempt {
                 ..Measurements::default()
             },
         });
+    }
+}
+
+/// The handler was dropped before a response existed: hyper drops it when the client goes
+/// away while the backend has not answered yet (a queue, a long prefill). Dropping it also
+/// dropped the upstream connection, so the engine aborts; this records the request once.
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if self.open {
+            self.record_unanswered(CLIENT_CLOSED_REQUEST, Outcome::ClientCancelled, None);
+        }
     }
 }
 
@@ -531,23 +537,7 @@ impl Gateway {
         } else {
             tracing::debug!(request_id = ?attempt.request_id, error = %err, "request refused");
         }
-        let request_id = attempt.request_id();
-        attempt.hand_over();
-        self.telemetry.record(RequestRecord {
-            ts: attempt.ts,
-            request_id,
-            model: attempt.model.take(),
-            labels: attempt.labels.clone(),
-            status: status.as_u16(),
-            outcome,
-            error: Some(kind),
-            usage_injected: false,
-            mirrored: false,
-            measurements: Measurements {
-                e2e: attempt.arrived.elapsed(),
-                ..Measurements::default()
-            },
-        });
+        attempt.record_unanswered(status.as_u16(), outcome, Some(kind));
         json_response(status, err.body(), &attempt.request_id)
     }
 }

@@ -42,8 +42,10 @@ pub struct Backend {
     pub name: Arc<str>,
     /// `http://host:port[/prefix]`; request paths are appended.
     pub base: String,
-    /// `host:port`: where to connect, and the `Host` header.
+    /// `host:port`: where to connect.
     pub authority: String,
+    /// `authority` as the `Host` header value (`None` if it cannot be one; requests then fail).
+    pub host: Option<HeaderValue>,
     /// The path prefix of `base` (empty, or `/prefix`), put before every request path.
     pub path_prefix: String,
     /// Idle keep-alive connections for the request path.
@@ -128,6 +130,7 @@ impl Backend {
             up_gauge,
             name: Arc::from(addr.name),
             path_prefix: path_prefix(&addr.base, &addr.authority),
+            host: HeaderValue::try_from(addr.authority.as_str()).ok(),
             authority: addr.authority,
             base: addr.base,
             conns: Arc::default(),

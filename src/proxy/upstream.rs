@@ -239,7 +239,7 @@ fn stale(e: &hyper::Error) -> bool {
 }
 
 /// An error and its sources, `: `-joined (hyper's top-level messages alone say little).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
