@@ -147,9 +147,10 @@ async fn sequential_requests_share_one_upstream_connection() {
     );
 }
 
-#[tokio::test]
-async fn a_connection_the_backend_closed_while_idle_is_not_reused() {
-    let backend = RawBackend::spawn(AfterAnswer::Close).await;
+/// Three requests through a gateway to a backend that behaves as `after` says: each must
+/// succeed whole, and each must have needed a connection of its own.
+async fn three_requests_on_three_connections(after: AfterAnswer) {
+    let backend = RawBackend::spawn(after).await;
     let gw = gateway(&backend).await;
     for i in 1..=3 {
         let (status, _, body) = post(&gw.url("/v1/chat/completions"), REQUEST).await;
@@ -161,18 +162,15 @@ async fn a_connection_the_backend_closed_while_idle_is_not_reused() {
 }
 
 #[tokio::test]
+async fn a_connection_the_backend_closed_while_idle_is_not_reused() {
+    three_requests_on_three_connections(AfterAnswer::Close).await;
+}
+
+#[tokio::test]
 async fn a_request_lost_on_a_reused_connection_is_sent_again_on_a_fresh_one() {
-    let backend = RawBackend::spawn(AfterAnswer::DropNext).await;
-    let gw = gateway(&backend).await;
-    for i in 1..=3 {
-        let (status, _, body) = post(&gw.url("/v1/chat/completions"), REQUEST).await;
-        assert_eq!(status, 200, "request {i}");
-        assert_eq!(&body[..], STREAM);
-    }
     // Request 1 opens connection 1; requests 2 and 3 are each read and dropped on the reused
     // connection, then answered on a new one.
-    assert_eq!(backend.answered(), 3);
-    assert_eq!(backend.connections(), 3);
+    three_requests_on_three_connections(AfterAnswer::DropNext).await;
 }
 
 #[tokio::test]
