@@ -109,9 +109,6 @@ impl Fleet {
         config.routes.push(RouteConfig::to_pool(MODEL, "vllm"));
         config.server.listen = ([127, 0, 0, 1], 0).into();
         config.server.admin = ([127, 0, 0, 1], 0).into();
-        config
-            .validate()
-            .map_err(|e| DemoError::Config(e.to_string()))?;
         let gateway = gateway::start(config).await?;
         Ok(Self {
             policy,
